@@ -1,0 +1,5 @@
+import sys
+
+from slstm.cli import main
+
+sys.exit(main())
