@@ -188,15 +188,14 @@ def _one_pass(
     """
     check_loss(loss_fn)
     chain = Chain(model)
-    input_version = inputs._version
     grad_mode = torch.no_grad() if params is None else nullcontext()
-    with chain.record(generator), grad_mode:
+    with chain.record(inputs, generator), grad_mode:
         output = (
             model(inputs)
             if params is None
             else functional_call(model, params, (inputs,))
         )
-    rules = chain.verify(inputs, input_version, output, wanted)
+    rules = chain.verify(output, wanted)
     with grad_mode:
         loss = loss_fn(output, targets)
         if loss.dim() > 0:

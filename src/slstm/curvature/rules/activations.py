@@ -48,19 +48,33 @@ class ElementwiseRule(ModuleRule):
         if not ctx.need_input:
             return None, None, {}
         first, second = self.derivatives()
-        g_in = first * g_out
-        h_in = first.square() * h_out
+        # The engine owns g_out and h_out and never reads them again: update in
+        # place to save two activation-sized buffers.
+        h_in = h_out.mul_(first.square())
         if ctx.second_order and second is not None:
-            h_in = h_in + second * g_out
-        return g_in, h_in, {}
+            h_in.addcmul_(second, g_out)
+        return g_out.mul_(first), h_in, {}
 
 
 class ReLURule(ElementwiseRule):
-    def reads_input(self) -> bool:
-        return False  # y > 0 exactly where x > 0
+    def pre_forward(self, x: Tensor) -> None:
+        pass
 
-    def derivatives(self) -> tuple[Tensor, Tensor | None]:
-        return (self.y > 0).to(self.y.dtype), None
+    def post_forward(self, x: Tensor, y: Tensor) -> None:
+        # A one-byte mask instead of the output, which the next module may free.
+        self.inactive = y.detach() <= 0
+
+    def backward(
+        self, g_out: Tensor, h_out: Tensor, ctx: BackwardContext
+    ) -> tuple[Tensor | None, Tensor | None, ParamDerivatives]:
+        if not ctx.need_input:
+            return None, None, {}
+        # σ' is 0 or 1, so σ'² = σ' and σ'' = 0.
+        return (
+            g_out.masked_fill_(self.inactive, 0),
+            h_out.masked_fill_(self.inactive, 0),
+            {},
+        )
 
 
 class LeakyReLURule(ElementwiseRule):

@@ -53,6 +53,10 @@ class ModuleRule:
     def check(self) -> None:
         """Raise :class:`UnsupportedModelError` for options the rule cannot handle."""
 
+    #: A rule may define ``forward(x) -> Tensor``; the engine then runs it in
+    #: place of the module's own forward (same result) while recording.
+    forward = None
+
     def pre_forward(self, x: Tensor) -> None:
         """Save what must be read before the module runs (inputs it overwrites)."""
 
