@@ -284,7 +284,7 @@ def unroll_truncation(
         optimizee.current = evaluation
         optimizee.step += 1
 
-        loss_value = float(evaluation.loss)
+        loss_value = float(evaluation.loss.detach())
         losses.append(loss_value)
         weight = float(weights[t])
         if weight != 0.0:
