@@ -6,9 +6,9 @@ import numbers
 from collections.abc import Iterator
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
-from slstm.data.splits import TensorSplit
+from slstm.data.splits import DataError, TensorSplit
 
 
 def _check_batch_size(batch_size, size: int, drop_last: bool) -> int:
@@ -119,20 +119,60 @@ def _split_device(split) -> torch.device:
     return torch.device(getattr(split, "device", "cpu"))
 
 
-def _streamed_batches(split, batch_size, generator, device, drop_last, num_workers):
-    sampler = _EndlessBatchSampler(len(split), batch_size, generator, drop_last)
+class _ReturnDataErrors(Dataset):
+    """A view of ``dataset`` that returns a DataError instead of raising it."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        try:
+            return self.dataset[index]
+        except DataError as error:
+            return error
+
+
+def _collate_or_error(items):
+    for item in items:
+        if isinstance(item, DataError):
+            return item
+    return default_collate(items)
+
+
+def load_batches(
+    dataset: Dataset, *, num_workers: int, device: torch.device, **loader_options
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield the batches of a ``DataLoader`` over ``dataset``, moved to ``device``.
+
+    A DataError raised while decoding an example is re-raised here unchanged.
+    Workers hand it back as a value instead of raising it, because a worker that
+    raised makes the ``DataLoader`` wait 5 s to shut down (seen with torch 2.13.0).
+    """
     loader = DataLoader(
-        split,
-        batch_sampler=sampler,
+        _ReturnDataErrors(dataset),
         num_workers=num_workers,
+        collate_fn=_collate_or_error,
         pin_memory=device.type == "cuda",
-        persistent_workers=False,
+        **loader_options,
     )
-    for inputs, targets in loader:
+    for batch in loader:
+        if isinstance(batch, DataError):
+            raise batch
+        inputs, targets = batch
         yield (
             inputs.to(device, non_blocking=True),
             targets.to(device, non_blocking=True),
         )
+
+
+def _streamed_batches(split, batch_size, generator, device, drop_last, num_workers):
+    sampler = _EndlessBatchSampler(len(split), batch_size, generator, drop_last)
+    yield from load_batches(
+        split, num_workers=num_workers, device=device, batch_sampler=sampler
+    )
 
 
 def evaluation_batches(

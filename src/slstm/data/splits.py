@@ -126,7 +126,8 @@ def resolve_classes(classes, class_names: Sequence[str]) -> list[int]:
     """Return the chosen original class ids, in the order of their new labels.
 
     ``classes`` is None (all classes), an int ``k`` (the first ``k`` classes) or a
-    sequence of distinct class ids; the i-th chosen id becomes label ``i``.
+    sequence of distinct class ids or class names. The i-th chosen class becomes
+    label ``i``.
     """
     total = len(class_names)
     if classes is None:
@@ -147,6 +148,14 @@ def resolve_classes(classes, class_names: Sequence[str]) -> list[int]:
         )
     chosen = []
     for c in classes:
+        if isinstance(c, str):
+            if c not in class_names:
+                raise ValueError(
+                    f"class {c!r} in classes={list(classes)} is not a class of this "
+                    f"data set; its classes are {', '.join(class_names)}"
+                )
+            chosen.append(class_names.index(c))
+            continue
         if isinstance(c, bool) or not isinstance(c, numbers.Integral):
             raise ValueError(f"class id {c!r} in classes={classes!r} is not an int")
         if not 0 <= c < total:
