@@ -23,6 +23,7 @@ Choices the published description leaves open, made here:
 
 from __future__ import annotations
 
+import argparse
 import inspect
 import numbers
 from collections.abc import Callable, Sequence
@@ -31,11 +32,14 @@ from torch import nn
 
 __all__ = [
     "MODELS",
+    "add_model_arguments",
     "build_model",
     "cifar_cnn",
     "count_parameters",
     "imagenet_cnn",
     "mnist_cnn",
+    "model_from_args",
+    "model_sizes",
     "small_cnn",
 ]
 
@@ -364,3 +368,57 @@ def count_parameters(model: nn.Module, *, trainable_only: bool = True) -> int:
     return sum(
         p.numel() for p in model.parameters() if p.requires_grad or not trainable_only
     )
+
+
+def parse_size(text: str) -> tuple[str, object]:
+    """Parse ``--net-size KEY=VALUE``: an int, ints separated by commas, or a float.
+
+    ``"channels=16"`` gives ``("channels", 16)``, ``"hidden=64,32"`` gives
+    ``("hidden", (64, 32))`` and ``"dropout=0.5"`` gives ``("dropout", 0.5)``.
+    """
+    key, equals, value = text.partition("=")
+    key, value = key.strip().replace("-", "_"), value.strip()
+    if not equals or not key or not value:
+        raise argparse.ArgumentTypeError(
+            f"invalid network size {text!r}; write KEY=VALUE, e.g. channels=16"
+        )
+    try:
+        if "," in value:
+            return key, tuple(int(v) for v in value.split(","))
+        if value.lstrip("-").isdigit():
+            return key, int(value)
+        return key, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid value in {text!r}; write an int (16), ints (64,32) or a "
+            "float (0.5)"
+        ) from None
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, *, default="mnist_cnn"):
+    """Add ``--net NAME`` and repeatable ``--net-size KEY=VALUE`` to ``parser``."""
+    group = parser.add_argument_group("network")
+    group.add_argument(
+        "--net",
+        default=default,
+        choices=list(MODELS),
+        metavar="NAME",
+        help=f"network: {', '.join(MODELS)} (default: {default})",
+    )
+    group.add_argument(
+        "--net-size",
+        type=parse_size,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a width of the network, e.g. channels=16 or hidden=64,32; "
+        "repeat for several",
+    )
+    return group
+
+
+def model_from_args(
+    args: argparse.Namespace, input_shape, num_classes
+) -> nn.Sequential:
+    """Call :func:`build_model` with the options of :func:`add_model_arguments`."""
+    return build_model(args.net, input_shape, num_classes, **dict(args.net_size))
