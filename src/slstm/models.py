@@ -258,9 +258,9 @@ def imagenet_cnn(
     - Conv2d(7×7, stride 2, padding 3) → ReLU → MaxPool2d(2): 64 → 32 → 16
     - Conv2d(5×5, padding 2) → ReLU → MaxPool2d(2): 16 → 8
     - 3 × [Conv2d(3×3, padding 1) → ReLU], then MaxPool2d(2): 8 → 4
-    - AvgPool2d(s // pooled_size) when the maps are still larger than
-      ``pooled_size`` (e.g. 224×224 input: 14 → 4), so the first hidden layer's
-      size depends little on the image size
+    - AvgPool2d(s // pooled_size) when the maps are at least twice
+      ``pooled_size`` (e.g. 224×224 input: 14 → 4). For images of 64×64 or
+      more this leaves maps of ``pooled_size`` to ``2 * pooled_size - 1`` pixels
     - Flatten → 2 × [Linear(hidden) → ReLU (→ Dropout)] → Linear(num_classes)
 
     The filter sizes and strides follow the common AlexNet-style layout; the
