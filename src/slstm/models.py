@@ -5,9 +5,9 @@ supports (``Conv2d``, ``ReLU``, ``MaxPool2d``, ``AvgPool2d``, ``Flatten``,
 ``Linear``, ``Dropout``), so one backward pass can return the gradient and the
 diagonal Hessian of every parameter. Input shape and class count come from the
 data set. The widths are keyword arguments whose defaults are the published
-sizes (64 maps and 32 hidden units for MNIST/CIFAR-10, 64-256-512-512-512 maps
-and 4096 hidden units for ImageNet); pass narrower ones (``channels=16``) for
-CPU runs.
+sizes: 64 maps and 32 hidden units for MNIST and CIFAR-10, 64-256-512-512-512
+maps and 4096 hidden units for ImageNet. Pass narrower ones (``channels=16``)
+for CPU runs.
 
 Choices the published description leaves open, made here:
 
@@ -164,7 +164,7 @@ def mnist_cnn(
     hidden: int | Sequence[int] = 32,
     dropout: float = 0.0,
 ) -> nn.Sequential:
-    """Three 5×5 conv layers and two hidden fully connected layers.
+    """Build three 5×5 conv layers and two hidden fully connected layers.
 
     Layout: 3 × [Conv2d(k×k, padding k // 2) → ReLU → MaxPool2d(2)] → Flatten →
     2 × [Linear → ReLU (→ Dropout)] → Linear(num_classes). A 28×28 input shrinks
@@ -198,7 +198,7 @@ def cifar_cnn(
     hidden: int | Sequence[int] = 32,
     dropout: float = 0.0,
 ) -> nn.Sequential:
-    """The network of :func:`mnist_cnn` with CIFAR-10's input shape as default.
+    """Build the network of :func:`mnist_cnn`, with CIFAR-10's input shape as default.
 
     The published setup uses one architecture for MNIST and CIFAR-10. With the
     defaults on CIFAR-10 it has 243,978 parameters.
@@ -219,9 +219,9 @@ def small_cnn(
     hidden: int = 32,
     dropout: float = 0.0,
 ) -> nn.Sequential:
-    """One conv layer and one hidden fully connected layer.
+    """Build one conv layer and one hidden fully connected layer.
 
-    The network on which a learned optimizer is meta-trained before it trains a
+    This is the network on which a learned optimizer is meta-trained before it trains a
     :func:`cifar_cnn`. It has both kinds of parameters (conv and fully
     connected), so both of the optimizer's LSTMs are trained. The published
     description gives no widths; the defaults here are this library's choice.
@@ -251,7 +251,7 @@ def imagenet_cnn(
     dropout: float = 0.0,
     pooled_size: int = 4,
 ) -> nn.Sequential:
-    """Five conv layers (64, 256, 512, 512, 512 maps) and two hidden FC layers.
+    """Build five conv layers (64, 256, 512, 512, 512 maps) and two hidden FC layers.
 
     Layout, with sizes for a 64×64 input:
 

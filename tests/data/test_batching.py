@@ -23,7 +23,7 @@ def test_batches_have_shape_and_match_targets(split):
     for inputs, targets in batches:
         assert inputs.shape == (4, 2, 3, 3)
         assert targets.shape == (4,)
-        # Row i of the split holds the value i, so inputs and targets must agree.
+        # Row i of the split contains the value i, so inputs and targets must agree.
         torch.testing.assert_close(inputs[:, 0, 0, 0], targets.float())
 
 

@@ -58,7 +58,7 @@ def test_images_decode_to_class_colour(image_folder):
 
 def test_decode_resizes_then_crops_center(tmp_path):
     # 40x20: red columns 0-7, green 8-31, blue 32-39. Resizing the shorter side
-    # to 8 gives 16x8, and the center 8x8 crop sees only green.
+    # to 8 gives 16x8, and the center 8x8 crop contains only green.
     image = Image.new("RGB", (40, 20), (0, 255, 0))
     image.paste((255, 0, 0), (0, 0, 8, 20))
     image.paste((0, 0, 255), (32, 0, 40, 20))

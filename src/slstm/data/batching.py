@@ -184,29 +184,24 @@ def evaluation_batches(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield the whole split once, in order, in batches of up to ``batch_size``.
 
-    For computing test loss and error: every example appears exactly once and the
-    last batch may be smaller.
+    Meant for test loss and error: each example is in exactly one batch, and the
+    last batch may be smaller. ``device`` and ``num_workers`` work as in
+    :func:`batch_iterator`.
     """
     batch_size = _check_batch_size(batch_size, len(split), drop_last=False)
     if isinstance(split, TensorSplit):
-        device = torch.device(device) if device is not None else split.device
-        for start in range(0, len(split), batch_size):
-            inputs = split.inputs[start : start + batch_size].to(device)
-            yield inputs, split.targets[start : start + batch_size].to(device)
-        return
+        target = torch.device(device) if device is not None else split.device
+        return _tensor_slices(split, batch_size, target)
     workers = (
         num_workers if num_workers is not None else getattr(split, "num_workers", 0)
     )
-    device = torch.device(device) if device is not None else _split_device(split)
-    loader = DataLoader(
-        split,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
+    target = torch.device(device) if device is not None else _split_device(split)
+    return load_batches(
+        split, num_workers=workers, device=target, batch_size=batch_size
     )
-    for inputs, targets in loader:
-        yield (
-            inputs.to(device, non_blocking=True),
-            targets.to(device, non_blocking=True),
-        )
+
+
+def _tensor_slices(split, batch_size, device):
+    for start in range(0, len(split), batch_size):
+        inputs = split.inputs[start : start + batch_size].to(device)
+        yield inputs, split.targets[start : start + batch_size].to(device)

@@ -211,7 +211,7 @@ def estimate_statistics(
         pixels += images.shape[0] * images.shape[2] * images.shape[3]
     mean = total / pixels
     std = (total_sq / pixels - mean.square()).clamp_min(0).sqrt()
-    # A constant channel would divide by zero; leave it unscaled instead.
+    # A constant channel would divide by zero, so it is left unscaled instead.
     std = torch.where(std > 1e-8, std, torch.ones_like(std))
     return mean.tolist(), std.tolist()
 
