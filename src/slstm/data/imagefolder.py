@@ -51,8 +51,8 @@ def decode_image(path: str, image_size: int) -> torch.Tensor:
     """
     try:
         with Image.open(path) as image:
-            # For JPEG, let the decoder downscale by a power of two first, which
-            # is much faster than decoding at full size and then resizing.
+            # For JPEG, let the decoder downscale by a power of two (keeping both
+            # sides >= image_size), so a large photo is never decoded at full size.
             image.draft("RGB", (image_size, image_size))
             image = image.convert("RGB")
             width, height = image.size
