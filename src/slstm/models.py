@@ -16,7 +16,7 @@ Choices the published description leaves open, made here:
 - a 2×2 max-pool follows each convolution of ``mnist_cnn``/``cifar_cnn`` and
   ``small_cnn``;
 - "2 fully connected layers of 32 units" are two hidden layers, each followed
-  by ReLU, and a linear classifier comes after them; the network outputs
+  by ReLU, and a linear classifier comes after them. The network outputs
   logits (no softmax);
 - PyTorch's default initialisation.
 """
@@ -108,9 +108,9 @@ def _pooled(size: int, name: str, input_shape) -> int:
     if size < 2:
         shape = "x".join(str(s) for s in input_shape)
         raise ValueError(
-            f"{name}: input {shape} is too small, the feature maps shrink to "
-            f"{size}x{size} before a 2x2 max-pool; use larger images "
-            "(e.g. --image-size) or another network"
+            f"{name}: input {shape} is too small because the feature maps shrink "
+            f"to {size} pixel(s) on a side before a 2x2 max-pool; use larger "
+            "images (e.g. --image-size) or another network"
         )
     return size // 2
 

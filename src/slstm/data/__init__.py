@@ -190,8 +190,8 @@ def load_dataset(
         data_dir: the directory (or, for ``cifar10``, the ``.tar.gz``); None uses
             the data set's default location (Fashion-MNIST only).
         classes: None for all classes, an int ``k`` for the first ``k``, or a
-            sequence of class ids. The chosen classes are relabelled ``0..k-1``
-            in the order given.
+            sequence of class ids or class names. The chosen classes are
+            relabelled ``0..k-1`` in the order given.
         validation: a count, or a fraction in ``[0, 1)``, of the (class-subset)
             training examples held out as the validation split. Which ones is
             decided by ``seed`` alone.
@@ -209,8 +209,9 @@ def load_dataset(
         and std of the train split after the validation split is removed.
 
     Raises:
-        DataError: a file is missing, corrupt or inconsistent. Every file is
-            checked before anything is returned.
+        DataError: a file is missing, corrupt or inconsistent. The in-memory
+            sets check every file before returning anything. An image folder
+            checks its layout at once and each image when it is decoded.
         ValueError: an argument is invalid (unknown name, bad class subset,
             validation too large).
     """
