@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,6 +173,45 @@ def _read_raw(spec: DatasetSpec, data_dir) -> RawData:
     raise AssertionError(f"no in-memory reader for {spec.name!r}")
 
 
+# The raw arrays of the last data sets read, so that repeated runs in one process
+# (an experiment training one network per optimizer) decode the files once.
+_RAW_CACHE: OrderedDict[tuple, RawData] = OrderedDict()
+_RAW_CACHE_SIZE = 2
+
+
+def _file_state(path: Path) -> tuple:
+    """Return (name, size, mtime) of ``path`` or of the files up to two levels in."""
+    if path.is_file():
+        stat = path.stat()
+        return ((str(path), stat.st_size, stat.st_mtime_ns),)
+    state = []
+    for folder in [path, *(p for p in sorted(path.iterdir()) if p.is_dir())]:
+        for entry in sorted(folder.iterdir()):
+            if entry.is_file():
+                stat = entry.stat()
+                state.append((str(entry), stat.st_size, stat.st_mtime_ns))
+    return tuple(state)
+
+
+def _read_raw_cached(spec: DatasetSpec, data_dir) -> RawData:
+    key: tuple = (spec.name,)
+    if spec.name != "digits":
+        path = _data_dir(spec, data_dir)
+        if not path.exists():
+            return _read_raw(spec, data_dir)  # raises the reader's DataError
+        key += (str(path.resolve()), _file_state(path))
+    if key in _RAW_CACHE:
+        _RAW_CACHE.move_to_end(key)
+        return _RAW_CACHE[key]
+    raw = _read_raw(spec, data_dir)
+    for array in (raw.train_images, raw.train_labels, raw.test_images, raw.test_labels):
+        array.flags.writeable = False  # shared by later calls, so never modified
+    _RAW_CACHE[key] = raw
+    while len(_RAW_CACHE) > _RAW_CACHE_SIZE:
+        _RAW_CACHE.popitem(last=False)
+    return raw
+
+
 def load_dataset(
     name: str = "fashion-mnist",
     data_dir: str | os.PathLike | None = None,
@@ -206,7 +246,9 @@ def load_dataset(
     Returns:
         :class:`DataSplits`. In-memory splits are :class:`TensorSplit` whose
         inputs are float32 ``(N, C, H, W)``, normalised per channel with the mean
-        and std of the train split after the validation split is removed.
+        and std of the train split after the validation split is removed. The
+        arrays read from the files of the last two in-memory data sets are kept
+        for the next call, until a file's size or modification time changes.
 
     Raises:
         DataError: a file is missing, corrupt or inconsistent. The in-memory
@@ -233,7 +275,7 @@ def load_dataset(
             num_workers=num_workers,
             fix=spec.fix,
         )
-    raw = _read_raw(spec, data_dir)
+    raw = _read_raw_cached(spec, data_dir)
     return finish_in_memory(
         spec.name, raw, classes=classes, validation=validation, seed=seed, device=device
     )
