@@ -14,6 +14,11 @@ from slstm.data.imagefolder import ImageFolderSplit, decode_image
 COLOURS = {"cat": (255, 0, 0), "dog": (0, 255, 0), "fish": (0, 0, 255)}
 
 
+def _save(path, colour):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (12, 12), colour).save(path)
+
+
 def _pixels(data, inputs):
     """Undo the normalisation: ``(B, 3, S, S)`` back to [0, 1] pixels."""
     mean = torch.tensor(data.mean).view(1, 3, 1, 1)
@@ -201,3 +206,25 @@ def test_no_class_folders(tmp_path):
 def test_invalid_image_size(image_folder, image_size):
     with pytest.raises(ValueError, match="image_size must be a positive int"):
         load_dataset("imagefolder", image_folder, image_size=image_size)
+
+
+def test_nested_folders_and_link_cycle(image_folder):
+    nested = image_folder / "train" / "cat" / "more" / "deeper"
+    _save(nested / "n.png", COLOURS["cat"])
+    # A link back to the class folder must not make the scan endless.
+    (nested / "loop").symlink_to(image_folder / "train" / "cat")
+    data = load_dataset("imagefolder", image_folder, image_size=8, num_workers=0)
+    cat_paths = [p for p, label in data.train.samples if label == 0]
+    assert len(cat_paths) == 5
+    assert str(nested / "n.png") in cat_paths
+    for path in cat_paths:
+        assert "loop" not in path
+
+
+def test_hidden_and_other_files_ignored(image_folder):
+    (image_folder / "train" / "dog" / "notes.txt").write_text("not an image")
+    _save(image_folder / "train" / "dog" / ".hidden.png", COLOURS["dog"])
+    _save(image_folder / "train" / ".cache" / "x.png", COLOURS["dog"])
+    data = load_dataset("imagefolder", image_folder, image_size=8, num_workers=0)
+    assert data.class_names == ["cat", "dog", "fish"]
+    assert len(data.train) == 12

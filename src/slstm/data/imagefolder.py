@@ -126,9 +126,19 @@ def _is_image(name: str) -> bool:
 
 
 def _list_images(class_dir: Path) -> list[str]:
-    """Return the image files below ``class_dir``, sorted, following links."""
+    """Return the image files below ``class_dir``, sorted, following links.
+
+    A folder reached twice through symbolic links is listed once, so a link
+    cycle cannot make the walk endless.
+    """
     found = []
+    visited = set()
     for folder, subfolders, files in os.walk(class_dir, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in visited:
+            subfolders[:] = []
+            continue
+        visited.add(real)
         subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
         found += [os.path.join(folder, f) for f in sorted(files) if _is_image(f)]
     return found
