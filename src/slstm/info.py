@@ -58,7 +58,7 @@ def _data_shape(args) -> tuple[tuple[int, int, int], int, str]:
     spec = DATASETS[args.data]
     note = ""
     if spec.input_shape is not None:
-        input_shape, class_names = spec.input_shape, [str(i) for i in range(10)]
+        input_shape, class_names = spec.input_shape, list(spec.class_names)
     else:
         input_shape = (3, args.image_size, args.image_size)
         class_names = _folder_classes(args.data_dir)

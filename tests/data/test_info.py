@@ -67,15 +67,28 @@ def test_info_counts_folder_classes(capsys, image_folder):
 
 @pytest.mark.parametrize(
     "text, expected",
-    [("5", 5), ("0,2,4", [0, 2, 4]), ("0-3", [0, 1, 2, 3]), ("1-2,7", [1, 2, 7])],
+    [
+        ("5", 5),
+        ("0,2,4", [0, 2, 4]),
+        ("0-3", [0, 1, 2, 3]),
+        ("1-2,7", [1, 2, 7]),
+        ("Sneaker, Bag", ["Sneaker", "Bag"]),
+        ("T-shirt/top,3", ["T-shirt/top", 3]),
+    ],
 )
 def test_parse_classes(text, expected):
     assert parse_classes(text) == expected
 
 
-def test_parse_classes_rejects_text():
-    with pytest.raises(argparse.ArgumentTypeError, match="invalid class list 'cats'"):
-        parse_classes("cats")
+@pytest.mark.parametrize("text, fragment", [("1,,2", "empty"), ("4-1", "below")])
+def test_parse_classes_rejects(text, fragment):
+    with pytest.raises(argparse.ArgumentTypeError, match=fragment):
+        parse_classes(text)
+
+
+def test_info_class_names(capsys):
+    assert main(["info", "--classes", "Sneaker,Bag,T-shirt/top"]) == 0
+    assert "input 1x28x28, 3 classes" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

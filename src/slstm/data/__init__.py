@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,9 @@ from pathlib import Path
 import torch
 
 from slstm.data.batching import batch_iterator, evaluation_batches
+from slstm.data.cifar import CIFAR10_CLASSES
+from slstm.data.digits import DIGITS_CLASSES
+from slstm.data.idx import FASHION_MNIST_CLASSES, MNIST_CLASSES
 from slstm.data.splits import DataError, DataSplits, RawData, TensorSplit
 
 __all__ = [
@@ -57,7 +61,8 @@ class DatasetSpec:
         default_dir: where the files are when ``data_dir`` is None, or None when
             the user must name a directory (or no files are needed).
         input_shape: ``(C, H, W)``; None when it depends on ``image_size``.
-        num_classes: classes in the full data set; None when read from disk.
+        class_names: the classes of the full data set, in label order; None
+            when they are read from disk (the folder names of an image folder).
         fix: how to obtain the files, appended to every DataError.
     """
 
@@ -66,8 +71,13 @@ class DatasetSpec:
     files: str
     default_dir: str | None
     input_shape: tuple[int, int, int] | None
-    num_classes: int | None
+    class_names: tuple[str, ...] | None
     fix: str
+
+    @property
+    def num_classes(self) -> int | None:
+        """Number of classes in the full data set, or None when read from disk."""
+        return None if self.class_names is None else len(self.class_names)
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -81,7 +91,7 @@ DATASETS: dict[str, DatasetSpec] = {
             "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz",
             default_dir=FASHION_MNIST_DIR,
             input_shape=(1, 28, 28),
-            num_classes=10,
+            class_names=tuple(FASHION_MNIST_CLASSES),
             fix="install the files with `apt-get install dataset-fashion-mnist` "
             f"(they go to {FASHION_MNIST_DIR}) or pass --data-dir DIR with the "
             "four IDX files",
@@ -93,7 +103,7 @@ DATASETS: dict[str, DatasetSpec] = {
             "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz",
             default_dir=None,
             input_shape=(1, 28, 28),
-            num_classes=10,
+            class_names=tuple(MNIST_CLASSES),
             fix="put the four MNIST IDX files (gzipped or not) in one directory "
             "and pass it with --data-dir DIR",
         ),
@@ -104,7 +114,7 @@ DATASETS: dict[str, DatasetSpec] = {
             "version'), extracted or as cifar-10-python.tar.gz",
             default_dir=None,
             input_shape=(3, 32, 32),
-            num_classes=10,
+            class_names=tuple(CIFAR10_CLASSES),
             fix="download cifar-10-python.tar.gz (the 'CIFAR-10 python version') "
             "and pass it, or the directory it extracts to, with --data-dir",
         ),
@@ -114,7 +124,7 @@ DATASETS: dict[str, DatasetSpec] = {
             files="train/<class>/*.jpg|png and val/<class>/*.jpg|png",
             default_dir=None,
             input_shape=None,
-            num_classes=None,
+            class_names=None,
             fix="pass --data-dir DIR where DIR/train and DIR/val contain one "
             "folder of JPEG or PNG images per class",
         ),
@@ -125,7 +135,7 @@ DATASETS: dict[str, DatasetSpec] = {
             files="none (shipped with scikit-learn)",
             default_dir=None,
             input_shape=(1, 8, 8),
-            num_classes=10,
+            class_names=tuple(DIGITS_CLASSES),
             fix="reinstall scikit-learn",
         ),
     ]
@@ -154,14 +164,10 @@ def _data_dir(spec: DatasetSpec, data_dir) -> Path:
 
 def _read_raw(spec: DatasetSpec, data_dir) -> RawData:
     if spec.name in ("fashion-mnist", "mnist"):
-        from slstm.data.idx import (
-            FASHION_MNIST_CLASSES,
-            MNIST_CLASSES,
-            read_idx_dataset,
-        )
+        from slstm.data.idx import read_idx_dataset
 
-        names = FASHION_MNIST_CLASSES if spec.name == "fashion-mnist" else MNIST_CLASSES
-        return read_idx_dataset(_data_dir(spec, data_dir), list(names), fix=spec.fix)
+        path = _data_dir(spec, data_dir)
+        return read_idx_dataset(path, list(spec.class_names), fix=spec.fix)
     if spec.name == "cifar10":
         from slstm.data.cifar import read_cifar10
 
@@ -282,27 +288,37 @@ def load_dataset(
 
 
 def parse_classes(text: str):
-    """Parse ``--classes``: ``"5"`` (the first 5), ``"0,2,4"`` or ``"0-4"``.
+    """Parse ``--classes``: a count (``"5"``), ids (``"0,2,4"``), ranges (``"0-4"``)
+    or class names (``"Sneaker,Bag"``), mixed freely after the count form.
 
-    Returns an int or a list of ints, as :func:`load_dataset` takes them.
+    Returns an int, or a list of ints and names, as :func:`load_dataset` takes
+    them. A name is any entry that is not an int or a range of ints, so names
+    with dashes such as ``T-shirt/top`` work.
     """
     text = text.strip()
-    try:
-        if text.isdigit():
-            return int(text)
-        chosen = []
-        for part in text.split(","):
-            first, dash, last = part.strip().partition("-")
-            if dash:
-                chosen.extend(range(int(first), int(last) + 1))
-            else:
-                chosen.append(int(first))
-        return chosen
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"invalid class list {text!r}; write a count (5), ids (0,2,4) or a "
-            "range (0-4)"
-        ) from None
+    if text.isdigit():
+        return int(text)
+    chosen: list[int | str] = []
+    for part in text.split(","):
+        part = part.strip()
+        range_match = re.fullmatch(r"(\d+)-(\d+)", part)
+        if not part:
+            raise argparse.ArgumentTypeError(
+                f"invalid class list {text!r}: an entry is empty; write a count "
+                "(5), ids (0,2,4), a range (0-4) or class names (Sneaker,Bag)"
+            )
+        if part.isdigit():
+            chosen.append(int(part))
+        elif range_match:
+            first, last = int(range_match[1]), int(range_match[2])
+            if last < first:
+                raise argparse.ArgumentTypeError(
+                    f"invalid class range {part!r}: the end is below the start"
+                )
+            chosen.extend(range(first, last + 1))
+        else:
+            chosen.append(part)
+    return chosen
 
 
 def _parse_validation(text: str):
@@ -346,8 +362,9 @@ def add_data_arguments(parser: argparse.ArgumentParser, *, default="fashion-mnis
         type=parse_classes,
         default=None,
         metavar="LIST",
-        help="use only these classes, relabelled 0..k-1: a count (5 = the first "
-        "five), ids (0,2,4) or a range (0-4); default: all",
+        help="use only these classes, relabelled 0..k-1 in the order given: a "
+        "count (5 = the first five), ids (0,2,4), a range (0-4) or class names "
+        "(Sneaker,Bag); default: all",
     )
     group.add_argument(
         "--validation",
