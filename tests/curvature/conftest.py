@@ -30,7 +30,9 @@ def autograd_diagonals(model, loss_fn, inputs, targets):
             loss = loss_fn(functional_call(model, replaced, (inputs,)), targets)
             return loss.sum() if loss.dim() > 0 else loss
 
-        hessian = torch.autograd.functional.hessian(loss_of, value.flatten())
+        hessian = torch.autograd.functional.hessian(
+            loss_of, value.flatten(), vectorize=True
+        )
         diagonals[name] = torch.diagonal(hessian).view(value.shape)
     return diagonals
 
