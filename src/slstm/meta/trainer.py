@@ -777,15 +777,27 @@ def evaluate_split(optimizee: Optimizee, split, device, batch_size: int = 1000):
     params = dict(
         zip(optimizee.names, (p.detach() for p in optimizee.params), strict=True)
     )
+    return evaluate_model(optimizee.model, split, device, params, batch_size)
+
+
+def evaluate_model(model, split, device, params=None, batch_size: int = 1000):
+    """Return ``(mean loss, error rate)`` of ``model`` on every example of ``split``.
+
+    ``params`` (keyed as ``model.named_parameters()``) replace the module's own
+    parameters when given. A non-finite loss is returned as ``inf``.
+    """
     total_loss, wrong, count = 0.0, 0, 0
     with torch.no_grad():
         for inputs, targets in _ordered_batches(split, batch_size, device):
-            output = functional_call(optimizee.model, params, (inputs,))
+            if params is None:
+                output = model(inputs)
+            else:
+                output = functional_call(model, params, (inputs,))
             total_loss += float(cross_entropy(output, targets)) * len(targets)
             wrong += int((output.argmax(dim=1) != targets).sum())
             count += len(targets)
     if count == 0:
-        raise ValueError("the validation split is empty; set a larger validation size")
+        raise ValueError("the evaluation split is empty; choose a non-empty split")
     loss = total_loss / count
     return (loss if math.isfinite(loss) else math.inf), wrong / count
 
