@@ -14,7 +14,11 @@ COMMANDS = [
     ("info", "slstm.info", "list data sets and networks with their parameter counts"),
     ("demo", "slstm.curvature.demo", "show g and the diagonal Hessian on real batches"),
     ("meta-train", "slstm.meta.cli", "meta-train an LSTM or SLSTM optimizer"),
-    ("train", "slstm.meta.train_cli", "train one CNN, optionally meta-learning jointly"),
+    (
+        "train",
+        "slstm.meta.train_cli",
+        "train one CNN, optionally meta-learning jointly",
+    ),
     ("experiment", "slstm.experiments.cli", "run a preset comparison of optimizers"),
     ("plot", "slstm.experiments.plot_cli", "redraw the plots of a saved experiment"),
 ]
