@@ -11,8 +11,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib import ticker  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 
 from .presets import DISPLAY_NAMES, OPTIMIZER_NAMES  # noqa: E402
 from .stats import aligned_curves, aligned_minibatch_losses  # noqa: E402
