@@ -12,7 +12,6 @@
 5. the records, plots and summary go to the output directory.
 """
 
-import copy
 import dataclasses
 import datetime
 import math
@@ -26,27 +25,28 @@ from pathlib import Path
 import torch
 
 from . import records
+from .learned import load_learned_optimizers, meta_horizon
 from .plots import plot_results
 from .presets import (
     BASELINES,
-    DISPLAY_NAMES,
     LEARNED,
-    LR_SEARCH_RANGES,
     OPTIMIZER_NAMES,
     STUDIES,
     TRANSFER_MODELS,
     get_preset,
     resolve_scale,
 )
+from .studies import (
+    RunContext,
+    choose_learning_rates,
+    run_comparison,
+    run_horizon,
+    run_lr_sensitivity,
+)
 from .summary import format_main_table, render_summary
-from .training import EvalSets, OptimizerFactory, evaluation_steps, train_run
+from .training import EvalSets, evaluation_steps
 
-DEFAULT_CHECKPOINTS = {"lstm": "lstm-fashion-mnist", "slstm": "slstm-fashion-mnist"}
 DEFAULT_LR_MULTIPLIERS = (0.1, 0.3, 1.0, 3.0, 10.0)
-# Used when a checkpoint's provenance does not name its meta-training horizon.
-ASSUMED_META_HORIZON = 100
-# Tuning trains from its own seed, so no evaluation seed takes part in tuning.
-TUNING_SEED_OFFSET = 10_000
 # Fixed seed of the validation split and of the evaluation subsets, so every
 # seed of an experiment is scored on the same images.
 SPLIT_SEED = 0
@@ -178,15 +178,6 @@ class ExperimentResult:
     files: list
 
 
-@dataclass
-class LearnedSource:
-    """A loaded learned optimizer: the update networks and where they came from."""
-
-    checkpoint: object
-    source: str
-    note: str = ""
-
-
 def run_experiment(config, *, progress=True, command=None, log=None):
     """Run the experiment described by ``config`` and write its records.
 
@@ -286,7 +277,7 @@ def run_experiment(config, *, progress=True, command=None, log=None):
 
     # Learned optimizers: shipped checkpoints, given files, or meta-training.
     phase = time.perf_counter()
-    learned = _learned_sources(
+    learned = load_learned_optimizers(
         config, preset, data_name, settings, device, out_dir, progress, log
     )
     checkpoints = {
@@ -299,7 +290,7 @@ def run_experiment(config, *, progress=True, command=None, log=None):
     }
     timing["learned optimizers"] = time.perf_counter() - phase
 
-    context = _RunContext(
+    context = RunContext(
         model=model,
         new_model=new_model,
         splits=splits,
@@ -312,12 +303,12 @@ def run_experiment(config, *, progress=True, command=None, log=None):
 
     # Learning rates of the baselines.
     phase = time.perf_counter()
-    learning_rates = _choose_learning_rates(config, tune_trials, context, progress, log)
+    learning_rates = choose_learning_rates(config, tune_trials, context, progress, log)
     timing["tuning"] = time.perf_counter() - phase
 
     # The comparison.
     phase = time.perf_counter()
-    runs = _main_runs(config, seeds, learning_rates, context, progress)
+    runs = run_comparison(config, seeds, learning_rates, context, progress)
     timing["comparison"] = time.perf_counter() - phase
 
     if "lr-sensitivity" in config.studies:
@@ -326,7 +317,7 @@ def run_experiment(config, *, progress=True, command=None, log=None):
             "seeds": study_seeds,
             "multipliers": sorted(set(config.lr_multipliers) | {1.0}),
         }
-        runs += _sensitivity_runs(
+        runs += run_lr_sensitivity(
             config, study_seeds, learning_rates, context, progress
         )
         timing["learning-rate sensitivity"] = time.perf_counter() - phase
@@ -335,16 +326,16 @@ def run_experiment(config, *, progress=True, command=None, log=None):
         names = [n for n in ("adam", "lstm", "slstm") if n in config.optimizers]
         if any(name in LEARNED for name in names):
             phase = time.perf_counter()
-            meta_horizon, source = _meta_horizon(learned)
+            trained_horizon, source = meta_horizon(learned)
             setup["horizon"] = {
                 "seeds": study_seeds,
                 "factor": config.horizon_factor,
-                "meta_horizon": meta_horizon,
+                "meta_horizon": trained_horizon,
                 "meta_horizon_source": source,
-                "steps": config.horizon_factor * meta_horizon,
+                "steps": config.horizon_factor * trained_horizon,
                 "optimizers": names,
             }
-            runs += _horizon_runs(
+            runs += run_horizon(
                 config, setup["horizon"], names, learning_rates, context, progress
             )
             timing["horizon"] = time.perf_counter() - phase
@@ -370,359 +361,6 @@ def run_experiment(config, *, progress=True, command=None, log=None):
     log(f"\nscale {scale} ({scale_reason}); total {timing['total']:.0f} s")
     log(f"results, plots and summary.md in {out_dir}")
     return ExperimentResult(out_dir=out_dir, record=record, files=files)
-
-
-@dataclass
-class _RunContext:
-    """What every training run of one experiment shares."""
-
-    model: torch.nn.Module
-    new_model: object
-    splits: object
-    batch_size: int
-    device: torch.device
-    eval_sets: EvalSets
-    learned: dict
-    curvature_method: str
-    _initial_states: dict = field(default_factory=dict)
-
-    def initial_state(self, seed):
-        """Return the initialisation of ``seed``, the same for every optimizer."""
-        if seed not in self._initial_states:
-            torch.manual_seed(seed)
-            self._initial_states[seed] = copy.deepcopy(
-                self.new_model().to(self.device).state_dict()
-            )
-        return self._initial_states[seed]
-
-    def batches(self, seed, split=None):
-        """Return the minibatch stream of ``seed``, the same for every optimizer."""
-        from slstm.data import batch_iterator
-
-        generator = torch.Generator().manual_seed(seed)
-        return batch_iterator(
-            self.splits.train if split is None else split,
-            self.batch_size,
-            generator=generator,
-            device=self.device,
-        )
-
-    def optimizer(self, name, lr):
-        """Return the ``OptimizerFactory`` of ``name`` at learning rate ``lr``."""
-        if name in LEARNED:
-            return _learned_factory(name, self.learned[name], lr, self.device)
-        from slstm.optim import OPTIMIZERS
-
-        spec = OPTIMIZERS[name]
-        method = self.curvature_method if spec.needs_curvature else None
-        return OptimizerFactory(
-            name=name,
-            make=lambda model, rate: spec.make(model.parameters(), rate),
-            lr=lr,
-            curvature_method=method,
-        )
-
-    def run(self, study, name, seed, lr, steps, eval_steps, multiplier=1.0, bar=None):
-        on_step = None
-        if bar is not None:
-
-            def on_step(step, loss):
-                if step % 10 == 0:
-                    bar.set_postfix_str(
-                        f"{DISPLAY_NAMES[name]} seed {seed} step {step} loss {loss:.3f}"
-                    )
-
-        return train_run(
-            study=study,
-            seed=seed,
-            model=self.model,
-            initial_state=self.initial_state(seed),
-            optimizer=self.optimizer(name, lr),
-            batches=self.batches(seed),
-            steps=steps,
-            eval_steps=eval_steps,
-            eval_sets=self.eval_sets,
-            device=self.device,
-            lr_multiplier=multiplier,
-            on_step=on_step,
-        )
-
-
-def _learned_factory(name, source, multiplier, device):
-    from slstm.optim import LearnedOptimizer, param_groups_by_kind
-
-    checkpoint = source.checkpoint
-    nets = checkpoint.nets.to(device)
-    base = checkpoint.config
-
-    def make(model, rate):
-        # The multiplier scales the update the networks output.
-        config = dataclasses.replace(base, output_scale=base.output_scale * rate)
-        return LearnedOptimizer(param_groups_by_kind(model), nets, config)
-
-    method = base.curvature_method if "hessian" in base.inputs else None
-    return OptimizerFactory(
-        name=name, make=make, lr=multiplier, curvature_method=method
-    )
-
-
-def _choose_learning_rates(config, tune_trials, context, progress, log):
-    """Return the learning-rate record of every optimizer, tuning where asked."""
-    from tqdm.auto import tqdm
-
-    chosen = {}
-    to_tune = []
-    for name in config.optimizers:
-        if name in LEARNED:
-            chosen[name] = {"lr": 1.0, "source": "checkpoint"}
-        elif name in config.learning_rates:
-            chosen[name] = {
-                "lr": float(config.learning_rates[name]),
-                "source": "option",
-            }
-        elif tune_trials == 0:
-            from slstm.optim import OPTIMIZERS
-
-            chosen[name] = {
-                "lr": float(OPTIMIZERS[name].default_lr),
-                "source": "default",
-            }
-        else:
-            to_tune.append(name)
-    if not to_tune:
-        return chosen
-    if context.splits.validation is None:
-        raise ValueError("tuning needs a validation split; it is empty")
-
-    from slstm.meta.search import tune_learning_rate
-
-    seed = config.first_seed + TUNING_SEED_OFFSET
-    bar = tqdm(
-        total=len(to_tune) * tune_trials,
-        desc="tuning",
-        unit="trial",
-        disable=not progress,
-    )
-    validation_sets = EvalSets(loss_split=context.splits.validation)
-    for name in to_tune:
-
-        def objective(lr, name=name):
-            run = train_run(
-                study="tuning",
-                seed=seed,
-                model=context.model,
-                initial_state=context.initial_state(seed),
-                optimizer=context.optimizer(name, lr),
-                batches=context.batches(seed),
-                steps=config.steps,
-                eval_steps=[config.steps],
-                eval_sets=validation_sets,
-                device=context.device,
-            )
-            bar.update(1)
-            bar.set_postfix_str(f"{DISPLAY_NAMES[name]} lr {lr:.3g}")
-            return math.inf if run.diverged else run.train_loss[-1]
-
-        low, high = LR_SEARCH_RANGES[name]
-        result = tune_learning_rate(
-            objective, low=low, high=high, n_trials=tune_trials, seed=seed
-        )
-        chosen[name] = {
-            "lr": result.best_lr,
-            "source": "tuned",
-            "search_range": [low, high],
-            "steps": config.steps,
-            "best_score": result.best_score,
-            "trials": [list(trial) for trial in result.trials],
-        }
-        log(
-            f"tuned {DISPLAY_NAMES[name]}: lr {result.best_lr:.4g} "
-            f"(validation loss {result.best_score:.4f}, {len(result.trials)} trials)"
-        )
-    bar.close()
-    return chosen
-
-
-def _main_runs(config, seeds, learning_rates, context, progress):
-    from tqdm.auto import tqdm
-
-    eval_steps = evaluation_steps(config.steps, config.eval_every)
-    runs = []
-    bar = tqdm(
-        total=len(seeds) * len(config.optimizers),
-        desc="comparison",
-        unit="run",
-        disable=not progress,
-    )
-    # Seeds outside, so an interrupted experiment has every optimizer on the
-    # seeds it finished.
-    for seed in seeds:
-        for name in config.optimizers:
-            runs.append(
-                context.run(
-                    "main",
-                    name,
-                    seed,
-                    learning_rates[name]["lr"],
-                    config.steps,
-                    eval_steps,
-                    bar=bar,
-                )
-            )
-            bar.update(1)
-    bar.close()
-    return runs
-
-
-def _sensitivity_runs(config, seeds, learning_rates, context, progress):
-    from tqdm.auto import tqdm
-
-    # ×1 is the main comparison on the same seeds, so it is not run again.
-    multipliers = sorted(m for m in set(config.lr_multipliers) if m != 1.0)
-    eval_steps = evaluation_steps(config.steps, config.eval_every)
-    runs = []
-    bar = tqdm(
-        total=len(seeds) * len(config.optimizers) * len(multipliers),
-        desc="learning-rate sensitivity",
-        unit="run",
-        disable=not progress,
-    )
-    for seed in seeds:
-        for name in config.optimizers:
-            for multiplier in multipliers:
-                lr = learning_rates[name]["lr"] * multiplier
-                runs.append(
-                    context.run(
-                        "lr-sensitivity",
-                        name,
-                        seed,
-                        lr,
-                        config.steps,
-                        eval_steps,
-                        multiplier,
-                        bar,
-                    )
-                )
-                bar.update(1)
-    bar.close()
-    return runs
-
-
-def _horizon_runs(config, horizon, names, learning_rates, context, progress):
-    from tqdm.auto import tqdm
-
-    steps = horizon["steps"]
-    # About 50 evaluations per run, one of them at the meta-training horizon.
-    eval_steps = evaluation_steps(
-        steps, max(config.eval_every, steps // 50), extra=[horizon["meta_horizon"]]
-    )
-    runs = []
-    bar = tqdm(
-        total=len(horizon["seeds"]) * len(names),
-        desc="horizon",
-        unit="run",
-        disable=not progress,
-    )
-    for seed in horizon["seeds"]:
-        for name in names:
-            runs.append(
-                context.run(
-                    "horizon",
-                    name,
-                    seed,
-                    learning_rates[name]["lr"],
-                    steps,
-                    eval_steps,
-                    bar=bar,
-                )
-            )
-            bar.update(1)
-    bar.close()
-    return runs
-
-
-def _meta_horizon(learned):
-    """Return ``(steps, source)``, the longest meta-training horizon found."""
-    found = {}
-    for name, source in learned.items():
-        horizon = _find_horizon(getattr(source.checkpoint, "provenance", {}) or {})
-        if horizon is not None:
-            found[name] = horizon
-    if not found:
-        return ASSUMED_META_HORIZON, (
-            f"not in the checkpoints' provenance, {ASSUMED_META_HORIZON} assumed"
-        )
-    steps = max(found.values())
-    names = ", ".join(f"{DISPLAY_NAMES[n]} {h}" for n, h in found.items())
-    return steps, f"from the checkpoints' provenance: {names}"
-
-
-def _find_horizon(provenance):
-    for key in ("horizon", "meta_horizon"):
-        if isinstance(provenance.get(key), int):
-            return provenance[key]
-    for value in provenance.values():
-        if isinstance(value, dict):
-            found = _find_horizon(value)
-            if found is not None:
-                return found
-    return None
-
-
-def _learned_sources(
-    config, preset, data_name, settings, device, out_dir, progress, log
-):
-    """Load or meta-train each learned optimizer among ``config.optimizers``."""
-    from slstm.optim import load_checkpoint
-
-    wanted = [name for name in LEARNED if name in config.optimizers]
-    given = {"lstm": config.lstm_checkpoint, "slstm": config.slstm_checkpoint}
-    sources = {}
-    for name in wanted:
-        if given[name] is not None:
-            path_or_name = given[name]
-            note = ""
-        elif config.meta_train or preset.requires_meta_train:
-            path_or_name = _meta_train(
-                name, config, preset, data_name, settings, out_dir, progress, log
-            )
-            note = "meta-trained by this experiment"
-        else:
-            path_or_name = DEFAULT_CHECKPOINTS[name]
-            note = "shipped checkpoint"
-        checkpoint = load_checkpoint(path_or_name, map_location=device)
-        sources[name] = LearnedSource(
-            checkpoint=checkpoint, source=str(path_or_name), note=note
-        )
-        log(f"{DISPLAY_NAMES[name]}: {note or 'checkpoint'} {path_or_name}")
-    return sources
-
-
-def _meta_train(name, config, preset, data_name, settings, out_dir, progress, log):
-    """Meta-train optimizer ``name`` as the preset says; return the checkpoint path."""
-    from slstm.meta import MetaTrainConfig, meta_train
-
-    meta = preset.meta_train
-    meta_config = MetaTrainConfig(
-        optimizer=name,
-        data=data_name,
-        data_dir=config.data_dir,
-        classes=meta.classes,
-        net=meta.model,
-        net_sizes=dict(meta.model_sizes),
-        episodes=config.meta_episodes or meta.episodes,
-        batch_size=config.batch_size or settings.batch_size,
-        seed=config.first_seed,
-        out=str(Path(out_dir) / "meta-train" / name),
-        curvature_method=config.curvature_method,
-        device=config.device,
-    )
-    log(
-        f"meta-training {DISPLAY_NAMES[name]}: {meta_config.episodes} episodes on "
-        f"{meta.model} ({data_name}, classes {meta.classes or 'all'})"
-    )
-    result = meta_train(meta_config, progress=progress)
-    return str(result.best_checkpoint)
 
 
 def _load_data(preset, config, data_name, settings, device):
