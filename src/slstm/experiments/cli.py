@@ -81,6 +81,35 @@ def add_arguments(parser):
         help="steps between evaluations of the training-subset loss and the test "
         f"error (default: {defaults.eval_every})",
     )
+    sizes = parser.add_argument_group("sizes (default: the scale's)")
+    sizes.add_argument(
+        "--model-sizes",
+        type=_model_sizes,
+        default=None,
+        metavar="KEY=INT,...",
+        help="network size keywords, e.g. channels=32,hidden=64",
+    )
+    sizes.add_argument(
+        "--validation-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="training images held out to tune the baselines' learning rates",
+    )
+    sizes.add_argument(
+        "--train-eval-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="size of the fixed training subset whose loss is logged",
+    )
+    sizes.add_argument(
+        "--test-eval-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="test images scored for the test error; 0 scores all of them",
+    )
     parser.add_argument(
         "--device",
         default=defaults.device,
@@ -209,6 +238,10 @@ def config_from_args(args):
         lr_multipliers=tuple(args.lr_multipliers),
         horizon_factor=args.horizon_factor,
         image_size=args.image_size,
+        model_sizes=args.model_sizes,
+        validation_size=args.validation_size,
+        train_eval_size=args.train_eval_size,
+        test_eval_size=args.test_eval_size,
     )
 
 
@@ -272,3 +305,16 @@ def _float_list(text):
 
 def _join_floats(values):
     return ",".join(f"{value:g}" for value in values)
+
+
+def _model_sizes(text):
+    sizes = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip() or not value.strip().isdigit():
+            raise argparse.ArgumentTypeError(
+                f"invalid sizes {text!r}; write KEY=INT pairs separated by commas, "
+                "e.g. channels=32,hidden=64"
+            )
+        sizes[key.strip()] = int(value)
+    return sizes

@@ -84,7 +84,10 @@ class ExperimentConfig:
         lr_multipliers: factors of the learning-rate sensitivity study.
         horizon_factor: the horizon study runs this many times the
             meta-training horizon.
-        model_sizes: size keywords overriding the scale's network sizes.
+        model_sizes: size keywords overriding the scale's network sizes; the
+            scale's sizes are kept for keywords not given.
+        validation_size: training images held out to tune the baselines (None:
+            the scale's).
         train_eval_size, test_eval_size: evaluation subset sizes (None: the
             scale's; 0 for the test set means every test image).
         image_size: side of image-folder images in pixels (None: the preset's).
@@ -114,6 +117,7 @@ class ExperimentConfig:
     lr_multipliers: tuple = DEFAULT_LR_MULTIPLIERS
     horizon_factor: int = 10
     model_sizes: dict | None = None
+    validation_size: int | None = None
     train_eval_size: int | None = None
     test_eval_size: int | None = None
     image_size: int | None = None
@@ -125,7 +129,13 @@ class ExperimentConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        for name in ("batch_size", "meta_episodes", "study_seeds", "train_eval_size"):
+        for name in (
+            "batch_size",
+            "meta_episodes",
+            "study_seeds",
+            "validation_size",
+            "train_eval_size",
+        ):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(
@@ -206,9 +216,7 @@ def run_experiment(config, *, progress=True, command=None, log=None):
     model_name = preset.model
     if preset.name == "transfer":
         model_name = TRANSFER_MODELS.get(data_name, preset.model)
-    model_sizes = dict(
-        settings.model_sizes if config.model_sizes is None else config.model_sizes
-    )
+    model_sizes = {**settings.model_sizes, **(config.model_sizes or {})}
     batch_size = config.batch_size or settings.batch_size
     seeds = list(range(config.first_seed, config.first_seed + config.seeds))
     study_seeds = seeds[: config.study_seeds or settings.study_seeds]
@@ -372,7 +380,7 @@ def _load_data(preset, config, data_name, settings, device):
     return load_dataset(
         data_name,
         config.data_dir,
-        validation=settings.validation_size,
+        validation=config.validation_size or settings.validation_size,
         seed=SPLIT_SEED,
         device=device,
         **kwargs,
