@@ -1,0 +1,9 @@
+"""Errors raised by the curvature engine."""
+
+
+class UnsupportedModelError(ValueError):
+    """A model, module option or loss that the one-pass engine cannot handle.
+
+    The message names the module's path in the model (as in
+    ``model.named_modules()``), says what is wrong and lists the alternatives.
+    """
