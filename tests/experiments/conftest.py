@@ -146,3 +146,18 @@ def record():
 @pytest.fixture
 def make_record():
     return synthetic_record
+
+
+@pytest.fixture(autouse=True, scope="package")
+def one_thread():
+    """Run this package's tiny networks on one thread.
+
+    Their tensors are far too small to gain from intra-op threads, and on a
+    loaded machine extra threads only wait for each other.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

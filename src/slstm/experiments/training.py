@@ -88,8 +88,8 @@ def train_run(
 ):
     """Train ``model`` from ``initial_state`` for ``steps`` updates and record it.
 
-    The run stops at the first non-finite loss (minibatch or evaluation) and
-    records that step in ``diverged_at``.
+    The run stops at the first step with a non-finite minibatch loss, gradient,
+    curvature or evaluation loss, and records that step in ``diverged_at``.
 
     Args:
         study: study name for the record.
@@ -126,7 +126,7 @@ def train_run(
     for step in range(1, steps + 1):
         inputs, targets = next(batches)
         step_started = time.perf_counter()
-        loss = _update(
+        loss, finite = _update(
             model, torch_optimizer, inputs, targets, optimizer.curvature_method
         )
         _synchronize(device)
@@ -135,7 +135,7 @@ def train_run(
         record.step_time_s.append(time.perf_counter() - step_started)
         if on_step is not None:
             on_step(step, loss)
-        if not math.isfinite(loss):
+        if not finite:
             record.diverged_at = step
             break
         if step in eval_steps and not _evaluate_into(
@@ -147,13 +147,20 @@ def train_run(
 
 
 def _update(model, optimizer, inputs, targets, curvature_method):
-    """Run one forward, backward and update; return the minibatch loss as a float."""
+    """Run one forward, backward and update.
+
+    Returns ``(loss, finite)``: the minibatch loss as a float, and False when the
+    loss or the optimizer's inputs (gradient, curvature) were NaN or infinite,
+    in which case no update was applied.
+    """
+    from slstm.optim import NonFiniteInputError
+
     optimizer.zero_grad(set_to_none=True)
     if curvature_method is None:
         loss = F.cross_entropy(model(inputs), targets)
         value = loss.item()
         if not math.isfinite(value):
-            return value
+            return value, False
         loss.backward()
     else:
         from slstm import curvature
@@ -164,9 +171,14 @@ def _update(model, optimizer, inputs, targets, curvature_method):
         )
         value = float(loss)
         if not math.isfinite(value):
-            return value
-    optimizer.step()
-    return value
+            return value, False
+    try:
+        optimizer.step()
+    except NonFiniteInputError:
+        # Every optimizer of slstm.optim checks its inputs before it changes a
+        # parameter, so the run ends here with the weights of the previous step.
+        return value, False
+    return value, True
 
 
 def _evaluate_into(record, model, eval_sets, step, device):
