@@ -1,0 +1,323 @@
+"""The learned LSTM and SLSTM optimizers: a functional update and a torch.optim API.
+
+``learned_update`` is the differentiable form used by meta-training;
+``LearnedOptimizer`` applies the same computation in place, under ``no_grad``,
+inside an ordinary training loop. Both run each parameter tensor through the
+update network of its kind with that tensor's own slice of recurrent state.
+"""
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from slstm.optim.checks import MISSING_HESSIAN_HINT, check_finite, step_inputs
+from slstm.optim.config import LearnedOptimizerConfig
+from slstm.optim.features import build_features
+from slstm.optim.kinds import infer_kinds_from_shapes, param_groups_by_kind
+from slstm.optim.update_net import LSTMState, UpdateNet
+
+
+def create_update_nets(config: LearnedOptimizerConfig) -> nn.ModuleDict:
+    """Return ``{kind: UpdateNet}``, one freshly initialised network per kind."""
+    return nn.ModuleDict(
+        {
+            kind: UpdateNet(
+                config.num_features,
+                hidden_size=config.hidden_size,
+                num_layers=config.num_layers,
+                output_scale=config.output_scale,
+            )
+            for kind in config.kinds
+        }
+    )
+
+
+def detach_state(state: Sequence[LSTMState | None]) -> list[LSTMState | None]:
+    """Return ``state`` cut from the autograd graph, for truncated back-propagation."""
+    return [
+        None if entry is None else tuple(t.detach() for t in entry) for entry in state
+    ]
+
+
+def _check_nets(nets: Mapping[str, nn.Module], config: LearnedOptimizerConfig):
+    for kind in config.kinds:
+        if kind not in nets:
+            raise ValueError(
+                f"no update network for parameter kind {kind!r}; nets has "
+                f"{sorted(nets)}. Build them with create_update_nets(config)"
+            )
+    for kind, net in nets.items():
+        if not isinstance(net, UpdateNet):
+            raise TypeError(
+                f"nets[{kind!r}] must be an UpdateNet, got {type(net).__name__}"
+            )
+        if net.input_size != config.num_features:
+            raise ValueError(
+                f"nets[{kind!r}] takes {net.input_size} input features but the "
+                f"configuration with inputs {config.inputs} builds "
+                f"{config.num_features}; the networks and the configuration do not "
+                f"belong together"
+            )
+
+
+def compute_update(
+    net: UpdateNet,
+    config: LearnedOptimizerConfig,
+    grad: torch.Tensor,
+    hessian_diag: torch.Tensor | None,
+    state: LSTMState | None,
+    *,
+    name: str = "parameter",
+    check_inputs: bool = True,
+) -> tuple[torch.Tensor, LSTMState]:
+    """Return the update of one parameter tensor (same shape as ``grad``) and the
+    new state.
+
+    ``grad`` and ``hessian_diag`` are detached here: meta-gradients reach the
+    network's weights and the parameters, never the optimizer's inputs.
+    """
+    grad = grad.detach()
+    if hessian_diag is not None:
+        hessian_diag = hessian_diag.detach()
+    if check_inputs:
+        check_finite(grad, f"the gradient of {name}")
+        if config.needs_curvature and hessian_diag is not None:
+            check_finite(hessian_diag, f"the diagonal Hessian of {name}")
+    if config.needs_curvature and hessian_diag is None:
+        raise ValueError(
+            f"{name} has no diagonal Hessian, which the inputs {config.inputs} "
+            f"need; {MISSING_HESSIAN_HINT}"
+        )
+    weight = net.readout.weight
+    if grad.device != weight.device:
+        raise ValueError(
+            f"{name} is on {grad.device} but its update network is on "
+            f"{weight.device}; move the networks with nets.to({str(grad.device)!r})"
+        )
+    features = build_features(grad, hessian_diag, config).to(weight.dtype)
+    update, new_state = net(features, state)
+    return update.view_as(grad).to(grad.dtype), new_state
+
+
+def learned_update(
+    nets: Mapping[str, UpdateNet],
+    config: LearnedOptimizerConfig,
+    params: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    hessian_diags: Sequence[torch.Tensor | None] | None,
+    kinds: Sequence[str],
+    state: Sequence[LSTMState | None] | None = None,
+    *,
+    check_inputs: bool = True,
+) -> tuple[list[torch.Tensor], list[LSTMState]]:
+    """Apply one learned step to a list of parameter tensors, functionally.
+
+    Returns ``new_params[i] = params[i] + update_i`` and the new per-tensor state,
+    differentiable with respect to the networks' weights, ``params`` and the
+    incoming ``state``. ``grads`` and ``hessian_diags`` are detached.
+
+    Args:
+        nets: ``{kind: UpdateNet}`` from ``create_update_nets``.
+        config: the configuration the networks were built with.
+        params, grads: tensors of matching shapes, one entry per parameter.
+        hessian_diags: one diagonal Hessian per parameter when
+            ``config.inputs`` contains ``"hessian"``; otherwise None or ignored.
+        kinds: the kind of each parameter (a key of ``nets``).
+        state: the ``state`` returned by the previous call, or None for a fresh
+            (zero) state. Entry ``i`` is ``(hidden, cell)``, each of shape
+            ``(num_layers, hidden_size, params[i].numel())``.
+        check_inputs: raise ``NonFiniteInputError`` on NaN or inf inputs.
+    """
+    count = len(params)
+    if hessian_diags is None:
+        hessian_diags = [None] * count
+    if state is None:
+        state = [None] * count
+    for label, values in (
+        ("grads", grads),
+        ("hessian_diags", hessian_diags),
+        ("kinds", kinds),
+        ("state", state),
+    ):
+        if len(values) != count:
+            raise ValueError(
+                f"{label} has {len(values)} entries but params has {count}; pass one "
+                f"entry per parameter tensor"
+            )
+    _check_nets(nets, config)
+    new_params, new_state = [], []
+    for index, (p, grad, hessian_diag, kind, entry) in enumerate(
+        zip(params, grads, hessian_diags, kinds, state, strict=True)
+    ):
+        if kind not in nets:
+            raise ValueError(
+                f"params[{index}] has kind {kind!r}, which has no update network; "
+                f"expected one of {sorted(nets)}"
+            )
+        if grad.shape != p.shape:
+            raise ValueError(
+                f"grads[{index}] has shape {tuple(grad.shape)} but params[{index}] "
+                f"has shape {tuple(p.shape)}"
+            )
+        update, entry = compute_update(
+            nets[kind],
+            config,
+            grad,
+            hessian_diag,
+            entry,
+            name=f"params[{index}] (kind {kind!r})",
+            check_inputs=check_inputs,
+        )
+        new_params.append(p + update)
+        new_state.append(entry)
+    return new_params, new_state
+
+
+class LearnedOptimizer(torch.optim.Optimizer):
+    """Drive a model's training with meta-trained update networks.
+
+    Each step feeds every coordinate's gradient (and, for SLSTM, ``p.hessian_diag``)
+    to the update network of the parameter's kind and adds the returned update.
+    The per-coordinate LSTM state lives in ``self.state[p]`` as ``"hidden"`` and
+    ``"cell"`` tensors of shape ``(num_layers, hidden_size, p.numel())``, so
+    ``state_dict()`` and ``load_state_dict()`` carry it. The networks themselves
+    are fixed weights, not part of the optimizer's state: build a second optimizer
+    from the same networks before loading a state dict into it.
+
+    Args:
+        params: a model (its kinds are read from its modules), parameter groups
+            with a ``"kind"`` key, or a bare parameter list such as
+            ``model.parameters()`` (kinds guessed from shapes, see
+            ``infer_kinds_from_shapes``).
+        nets: ``{kind: UpdateNet}``, on the parameters' device.
+        config: the configuration the networks were built with.
+        check_inputs: raise ``NonFiniteInputError`` on NaN or inf gradients or
+            curvature instead of writing NaN into the parameters.
+    """
+
+    def __init__(
+        self,
+        params,
+        nets: Mapping[str, UpdateNet],
+        config: LearnedOptimizerConfig,
+        *,
+        check_inputs: bool = True,
+    ):
+        if not isinstance(config, LearnedOptimizerConfig):
+            raise TypeError(
+                f"config must be a LearnedOptimizerConfig, got {type(config).__name__}"
+            )
+        _check_nets(nets, config)
+        # Set before the base class calls add_param_group, which reads them.
+        self.nets = nets
+        self.config = config
+        super().__init__(
+            _normalise_groups(params), {"kind": None, "check_inputs": check_inputs}
+        )
+
+    def add_param_group(self, param_group: dict) -> None:
+        """Add a group; a group without ``"kind"`` gets the kind its shapes imply."""
+        params = param_group["params"]
+        params = [params] if isinstance(params, torch.Tensor) else list(params)
+        kind = param_group.get("kind")
+        if kind is None:
+            guessed = set(infer_kinds_from_shapes(params))
+            if len(guessed) != 1:
+                raise ValueError(
+                    f"a parameter group without 'kind' mixes kinds {sorted(guessed)}; "
+                    f"split it with param_groups_by_kind(model) or give 'kind'"
+                )
+            kind = guessed.pop()
+        if kind not in self.nets:
+            raise ValueError(
+                f"parameter group kind {kind!r} has no update network; expected one "
+                f"of {sorted(self.nets)}"
+            )
+        super().add_param_group({**param_group, "params": params, "kind": kind})
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear the gradients and drop every ``p.hessian_diag``.
+
+        Each curvature pass replaces ``p.hessian_diag`` rather than accumulating
+        into it, so there is nothing to keep, and dropping it makes a step after a
+        plain ``loss.backward()`` fail loudly instead of reusing stale curvature.
+        """
+        super().zero_grad(set_to_none=set_to_none)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if getattr(p, "hessian_diag", None) is not None:
+                    p.hessian_diag = None
+
+    def reset_state(self) -> None:
+        """Forget all recurrent state, so the next step starts a fresh run."""
+        self.state.clear()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        saved = [group.get("kind") for group in state_dict["param_groups"]]
+        current = [group["kind"] for group in self.param_groups]
+        if saved != current:
+            raise ValueError(
+                f"the state dict has parameter groups of kinds {saved} but this "
+                f"optimizer has {current}; build it with the same groups"
+            )
+        super().load_state_dict(state_dict)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Apply one update to every parameter that has a gradient.
+
+        ``closure``, if given, re-evaluates the model and sets the gradients (and
+        for SLSTM the curvature); its return value is returned.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        entries = step_inputs(self.param_groups, hessian=self.config.needs_curvature)
+        for group, p, name, hessian_diag in entries:
+            net = self.nets[group["kind"]]
+            state = self.state[p]
+            if state:
+                dtype = net.readout.weight.dtype
+                previous = (state["hidden"].to(dtype), state["cell"].to(dtype))
+            else:
+                previous = None
+            update, (hidden, cell) = compute_update(
+                net,
+                self.config,
+                p.grad,
+                hessian_diag,
+                previous,
+                name=name,
+                check_inputs=False,
+            )
+            p.add_(update)
+            state["step"] = state.get("step", 0) + 1
+            state["hidden"] = hidden
+            state["cell"] = cell
+        return loss
+
+
+def _normalise_groups(params) -> list[dict]:
+    """Turn a model, groups or a bare parameter list into groups."""
+    if isinstance(params, nn.Module):
+        return param_groups_by_kind(params)
+    if isinstance(params, torch.Tensor):
+        params = [params]
+    params = list(params)
+    if not params:
+        raise ValueError("optimizer got an empty parameter list")
+    if all(isinstance(entry, dict) for entry in params):
+        return params
+    if any(isinstance(entry, dict) for entry in params):
+        raise TypeError("pass either parameter groups (dicts) or tensors, not both")
+    return _group_bare_params(params)
+
+
+def _group_bare_params(params: Iterable[torch.Tensor]) -> list[dict]:
+    params = list(params)
+    groups: dict[str, list] = {}
+    for p, kind in zip(params, infer_kinds_from_shapes(params), strict=True):
+        groups.setdefault(kind, []).append(p)
+    return [{"params": members, "kind": kind} for kind, members in groups.items()]

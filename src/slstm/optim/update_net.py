@@ -1,0 +1,197 @@
+"""The update network: a coordinatewise LSTM with a linear read-out.
+
+One network is shared by every coordinate of the parameters it serves, and each
+coordinate carries its own hidden and cell state, so the network sees a batch of
+``N`` independent sequences of length one per optimizer step.
+
+The state is stored feature-major, ``(num_layers, hidden_size, N)``: each gate is
+then a contiguous block of rows of the gate matrix, and the elementwise gate
+arithmetic runs on contiguous memory. On 250,000 coordinates (2-core CPU, one
+thread) this cell took about 0.22 s against 0.52 s for two ``nn.LSTMCell`` layers
+computing the same numbers.
+"""
+
+import math
+
+import torch
+from torch import nn
+
+LSTMState = tuple[torch.Tensor, torch.Tensor]
+
+
+class CoordinatewiseLSTM(nn.Module):
+    """A stack of forget-gate LSTM layers applied to every coordinate independently.
+
+    Computes exactly the equations of ``torch.nn.LSTM`` (gates in the order input,
+    forget, cell, output) and uses its parameter names and initialisation, so
+    ``lstm.load_state_dict(nn.LSTM(input_size, hidden_size, num_layers)
+    .state_dict())`` reproduces an ``nn.LSTM``.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int):
+        super().__init__()
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        for layer in range(num_layers):
+            layer_input = input_size if layer == 0 else hidden_size
+            gate_rows = 4 * hidden_size
+            self.register_parameter(
+                f"weight_ih_l{layer}", nn.Parameter(torch.empty(gate_rows, layer_input))
+            )
+            self.register_parameter(
+                f"weight_hh_l{layer}", nn.Parameter(torch.empty(gate_rows, hidden_size))
+            )
+            self.register_parameter(
+                f"bias_ih_l{layer}", nn.Parameter(torch.empty(gate_rows))
+            )
+            self.register_parameter(
+                f"bias_hh_l{layer}", nn.Parameter(torch.empty(gate_rows))
+            )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Draw every weight from U(-1/sqrt(hidden_size), 1/sqrt(hidden_size))."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -bound, bound)
+
+    def layer_weights(self, layer: int):
+        """Return ``(weight_ih, weight_hh, bias_ih, bias_hh)`` of ``layer``."""
+        return (
+            getattr(self, f"weight_ih_l{layer}"),
+            getattr(self, f"weight_hh_l{layer}"),
+            getattr(self, f"bias_ih_l{layer}"),
+            getattr(self, f"bias_hh_l{layer}"),
+        )
+
+    def forward(
+        self, inputs: torch.Tensor, state: LSTMState
+    ) -> tuple[torch.Tensor, LSTMState]:
+        """Advance every coordinate by one step.
+
+        Args:
+            inputs: ``(input_size, N)``, one column per coordinate.
+            state: ``(hidden, cell)``, each ``(num_layers, hidden_size, N)``.
+
+        Returns:
+            The top layer's new hidden state ``(hidden_size, N)`` and the new
+            ``(hidden, cell)`` state.
+        """
+        hidden, cell = state
+        size = self.hidden_size
+        layer_input = inputs
+        new_hidden, new_cell = [], []
+        for layer in range(self.num_layers):
+            weight_ih, weight_hh, bias_ih, bias_hh = self.layer_weights(layer)
+            bias = (bias_ih + bias_hh).unsqueeze(1)
+            gates = torch.addmm(bias, weight_ih, layer_input)
+            gates = torch.addmm(gates, weight_hh, hidden[layer])
+            input_gate = torch.sigmoid(gates[:size])
+            forget_gate = torch.sigmoid(gates[size : 2 * size])
+            candidate = torch.tanh(gates[2 * size : 3 * size])
+            output_gate = torch.sigmoid(gates[3 * size :])
+            layer_cell = forget_gate * cell[layer] + input_gate * candidate
+            layer_hidden = output_gate * torch.tanh(layer_cell)
+            new_hidden.append(layer_hidden)
+            new_cell.append(layer_cell)
+            layer_input = layer_hidden
+        return layer_input, (torch.stack(new_hidden), torch.stack(new_cell))
+
+
+class UpdateNet(nn.Module):
+    """Map per-coordinate features to per-coordinate parameter updates.
+
+    ``update = output_scale * readout(lstm(features))``, and the optimizer applies
+    ``theta <- theta + update``. The read-out starts at zero, so an untrained
+    network proposes no update. A default-initialised read-out instead emits an
+    almost constant update on every coordinate, which drives all weights the same
+    way and can kill every ReLU unit before meta-training gets a useful gradient.
+
+    The recurrent state is an argument and a return value, never a parameter or
+    buffer, so ``parameters()`` and ``state_dict()`` hold only trainable weights.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int = 20,
+        num_layers: int = 2,
+        output_scale: float = 0.1,
+    ):
+        super().__init__()
+        for name, value in (
+            ("input_size", input_size),
+            ("hidden_size", hidden_size),
+            ("num_layers", num_layers),
+        ):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not (isinstance(output_scale, int | float) and output_scale > 0):
+            raise ValueError(f"output_scale must be positive, got {output_scale!r}")
+        self.output_scale = float(output_scale)
+        self.lstm = CoordinatewiseLSTM(input_size, hidden_size, num_layers)
+        self.readout = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.readout.weight)
+        nn.init.zeros_(self.readout.bias)
+
+    @property
+    def input_size(self) -> int:
+        return self.lstm.input_size
+
+    @property
+    def hidden_size(self) -> int:
+        return self.lstm.hidden_size
+
+    @property
+    def num_layers(self) -> int:
+        return self.lstm.num_layers
+
+    def initial_state(self, n: int, device=None, dtype=None) -> LSTMState:
+        """Return zero ``(hidden, cell)`` state for ``n`` coordinates.
+
+        Each tensor has shape ``(num_layers, hidden_size, n)``; ``device`` and
+        ``dtype`` default to those of the network's weights.
+        """
+        reference = self.readout.weight
+        shape = (self.num_layers, self.hidden_size, n)
+        device = reference.device if device is None else device
+        dtype = reference.dtype if dtype is None else dtype
+        return (
+            torch.zeros(shape, device=device, dtype=dtype),
+            torch.zeros(shape, device=device, dtype=dtype),
+        )
+
+    def forward(
+        self, features: torch.Tensor, state: LSTMState | None = None
+    ) -> tuple[torch.Tensor, LSTMState]:
+        """Compute the update for ``N`` coordinates.
+
+        Args:
+            features: ``(N, input_size)``, from ``slstm.optim.build_features``.
+            state: ``(hidden, cell)``, each ``(num_layers, hidden_size, N)``, or
+                None for a fresh (zero) state.
+
+        Returns:
+            ``update`` of shape ``(N,)`` (in parameter units) and the new state.
+        """
+        if features.dim() != 2 or features.shape[1] != self.input_size:
+            raise ValueError(
+                f"features must have shape (N, {self.input_size}), got "
+                f"{tuple(features.shape)}"
+            )
+        n = features.shape[0]
+        if state is None:
+            state = self.initial_state(n, features.device, features.dtype)
+        expected = (self.num_layers, self.hidden_size, n)
+        for tensor in state:
+            if tuple(tensor.shape) != expected:
+                raise ValueError(
+                    f"LSTM state must have shape {expected} for {n} coordinates, "
+                    f"got {tuple(tensor.shape)}; start from initial_state({n})"
+                )
+        top_hidden, new_state = self.lstm(features.t(), state)
+        # (1, H) @ (H, N) -> (N,): keep the update one-dimensional so that it can
+        # never broadcast against an (N,) tensor into (N, N).
+        update = self.readout.weight.squeeze(0) @ top_hidden + self.readout.bias
+        return self.output_scale * update, new_state

@@ -1,0 +1,160 @@
+import pytest
+import torch
+from torch import nn
+
+import slstm
+from slstm.optim import (
+    CheckpointError,
+    LearnedOptimizer,
+    LearnedOptimizerConfig,
+    create_update_nets,
+    load,
+    load_checkpoint,
+    save_checkpoint,
+    shipped_checkpoints,
+)
+from slstm.optim import checkpoints as checkpoints_module
+
+
+def trained_looking_nets(config, seed=0):
+    torch.manual_seed(seed)
+    nets = create_update_nets(config)
+    for net in nets.values():
+        nn.init.normal_(net.readout.weight, std=0.1)
+    return nets
+
+
+def test_round_trip(tmp_path):
+    config = LearnedOptimizerConfig.preset("slstm", output_scale=0.05)
+    nets = trained_looking_nets(config)
+    path = save_checkpoint(
+        tmp_path / "sub" / "opt.pt",
+        nets,
+        config,
+        {
+            "command": "slstm meta-train",
+            "dataset": "fashion-mnist",
+            "configuration": {},
+        },
+    )
+    checkpoint = load_checkpoint(path)
+    assert checkpoint.config == config
+    for kind in config.kinds:
+        saved = nets[kind].state_dict()
+        loaded = checkpoint.nets[kind].state_dict()
+        assert saved.keys() == loaded.keys()
+        for name in saved:
+            assert torch.equal(saved[name], loaded[name]), name
+    provenance = checkpoint.provenance
+    assert provenance["command"] == "slstm meta-train"
+    assert provenance["dataset"] == "fashion-mnist"
+    assert provenance["code_version"] == slstm.__version__
+    assert "git_commit" in provenance
+    assert "saved_at" in provenance
+
+
+def test_provenance_must_be_json(tmp_path):
+    config = LearnedOptimizerConfig()
+    with pytest.raises(TypeError, match="JSON"):
+        save_checkpoint(
+            tmp_path / "a.pt", create_update_nets(config), config, {"x": {1, 2}}
+        )
+
+
+class CallsPrintWhenUnpickled:
+    def __reduce__(self):
+        return (print, ("code from the checkpoint ran",))
+
+
+def test_rejects_pickled_code(tmp_path, capsys):
+    path = tmp_path / "evil.pt"
+    torch.save(
+        {"format": "slstm-learned-optimizer", "x": CallsPrintWhenUnpickled()}, path
+    )
+    with pytest.raises(CheckpointError, match="rejected .*print"):
+        load_checkpoint(path)
+    assert "code from the checkpoint ran" not in capsys.readouterr().out
+
+
+def test_rejects_other_format(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save(nn.Linear(2, 2).state_dict(), path)
+    with pytest.raises(CheckpointError, match="not a learned-optimizer checkpoint"):
+        load_checkpoint(path)
+
+
+def test_rejects_newer_version(tmp_path):
+    config = LearnedOptimizerConfig()
+    path = save_checkpoint(tmp_path / "a.pt", create_update_nets(config), config, {})
+    payload = torch.load(path, weights_only=True)
+    payload["format_version"] = 99
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="format version 99"):
+        load_checkpoint(path)
+
+
+def test_rejects_weights_of_other_shape(tmp_path):
+    config = LearnedOptimizerConfig()
+    path = save_checkpoint(tmp_path / "a.pt", create_update_nets(config), config, {})
+    payload = torch.load(path, weights_only=True)
+    payload["config"]["hidden_size"] = 8
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="damaged or inconsistent"):
+        load_checkpoint(path)
+
+
+def test_rejects_garbage_file(tmp_path):
+    path = tmp_path / "junk.pt"
+    path.write_bytes(b"not a zip file at all")
+    with pytest.raises(CheckpointError, match="cannot read"):
+        load_checkpoint(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "absent.pt")
+
+
+def test_missing_shipped_name_lists_shipped():
+    with pytest.raises(CheckpointError, match="shipped checkpoints: ") as info:
+        load_checkpoint("no-such-optimizer")
+    for name in shipped_checkpoints():
+        assert name in str(info.value)
+
+
+def test_shipped_name_loads(tmp_path, monkeypatch):
+    config = LearnedOptimizerConfig.preset("lstm")
+    nets = trained_looking_nets(config)
+    monkeypatch.setattr(checkpoints_module, "PRETRAINED_DIR", tmp_path)
+    save_checkpoint(tmp_path / "lstm-test-data.pt", nets, config, {})
+    assert shipped_checkpoints() == ["lstm-test-data"]
+    checkpoint = load_checkpoint("lstm-test-data")
+    assert checkpoint.config == config
+
+
+@pytest.mark.parametrize("name", ["lstm-fashion-mnist", "slstm-fashion-mnist"])
+def test_shipped_checkpoints_load(name):
+    if name not in shipped_checkpoints():
+        with pytest.raises(CheckpointError, match="no shipped checkpoint"):
+            load_checkpoint(name)
+        return
+    checkpoint = load_checkpoint(name)
+    assert checkpoint.config.needs_curvature == name.startswith("slstm")
+    assert checkpoint.provenance["dataset"]
+
+
+def test_load_builds_optimizer(tmp_path):
+    config = LearnedOptimizerConfig.preset("lstm")
+    nets = trained_looking_nets(config)
+    path = save_checkpoint(tmp_path / "a.pt", nets, config, {})
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(8, 2))
+    optimizer = load(path, model)
+    assert isinstance(optimizer, LearnedOptimizer)
+    assert [group["kind"] for group in optimizer.param_groups] == ["conv", "fc"]
+    model(torch.randn(3, 1, 4, 4)).sum().backward()
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer.step()
+    changed = [
+        not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True)
+    ]
+    assert all(changed)
