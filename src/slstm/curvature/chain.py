@@ -171,9 +171,9 @@ class Chain:
 
         return hook
 
-    def verify(self, output: Tensor, wanted: set[str]) -> list[ModuleRule]:
+    def verify(self, output: Tensor, requested: set[str]) -> list[ModuleRule]:
         """Check that ``output`` is the last module's output, unchanged, and that
-        every module owning a parameter in ``wanted`` (full names) ran.
+        every module owning a parameter in ``requested`` (full names) ran.
 
         Returns the rules in execution order.
         """
@@ -191,7 +191,7 @@ class Chain:
                 continue
             for name, _ in rule.module.named_parameters(recurse=False):
                 full_name = f"{rule.path}.{name}" if rule.path else name
-                if full_name in wanted:
+                if full_name in requested:
                     raise UnsupportedModelError(
                         f"{rule.describe()} owns parameter {full_name!r} but did not "
                         "run in the forward pass"

@@ -36,7 +36,7 @@ class ElementwiseRule(ModuleRule):
             self.y = y.detach()
 
     def reads_input(self) -> bool:
-        """Whether the derivatives are computed from the input (else the output)."""
+        """Return whether the derivatives are read from the input, not the output."""
         return True
 
     def derivatives(self) -> tuple[Tensor, Tensor | None]:
@@ -130,7 +130,7 @@ class GELURule(ElementwiseRule):
     def check(self) -> None:
         if self.module.approximate not in ("none", "tanh"):
             raise self.unsupported(
-                f"approximate={self.module.approximate!r} is not known",
+                f"approximate={self.module.approximate!r} is invalid",
                 "use approximate='none' or 'tanh'",
             )
 
