@@ -62,7 +62,9 @@ class ReLURule(ElementwiseRule):
 
     def post_forward(self, x: Tensor, y: Tensor) -> None:
         # A one-byte mask instead of the output, which the next module may free.
-        self.inactive = y.detach() <= 0
+        # As uint8, not bool: multiplying by it is several times faster on CPU
+        # than masked_fill_ or a bool multiply (torch 2.13).
+        self.active = (y.detach() > 0).view(torch.uint8)
 
     def backward(
         self, g_out: Tensor, h_out: Tensor, ctx: BackwardContext
@@ -70,11 +72,7 @@ class ReLURule(ElementwiseRule):
         if not ctx.need_input:
             return None, None, {}
         # σ' is 0 or 1, so σ'² = σ' and σ'' = 0.
-        return (
-            g_out.masked_fill_(self.inactive, 0),
-            h_out.masked_fill_(self.inactive, 0),
-            {},
-        )
+        return g_out.mul_(self.active), h_out.mul_(self.active), {}
 
 
 class LeakyReLURule(ElementwiseRule):
