@@ -15,6 +15,12 @@ from torch.func import functional_call
 
 from slstm.curvature.rules import RULES, BackwardContext
 
+# torch warns that it copies the input for an even 'same' kernel; expected here.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Using padding='same' with even kernel lengths:UserWarning"
+)
+
+
 CASES = {
     "linear": (lambda: nn.Linear(4, 3), (2, 4)),
     "linear-3d-input": (lambda: nn.Linear(4, 3), (2, 3, 4)),
