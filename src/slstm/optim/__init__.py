@@ -16,12 +16,14 @@ from slstm.optim.checkpoints import (
     save_checkpoint,
     shipped_checkpoints,
 )
+from slstm.optim.checks import NonFiniteInputError
 from slstm.optim.config import (
     CURVATURE_METHODS,
     PARAMETER_KINDS,
     PRESETS,
     LearnedOptimizerConfig,
 )
+from slstm.optim.diagonal_newton import DAMPINGS, DiagonalNewton
 from slstm.optim.features import (
     FEATURE_INPUTS,
     build_features,
@@ -35,15 +37,20 @@ from slstm.optim.kinds import (
 )
 from slstm.optim.learned import (
     LearnedOptimizer,
-    NonFiniteInputError,
     compute_update,
     create_update_nets,
     detach_state,
     learned_update,
 )
+from slstm.optim.registry import OPTIMIZERS, OptimizerSpec, make_optimizer
 from slstm.optim.update_net import CoordinatewiseLSTM, UpdateNet
 
 __all__ = [
+    "DAMPINGS",
+    "DiagonalNewton",
+    "OPTIMIZERS",
+    "OptimizerSpec",
+    "make_optimizer",
     "Checkpoint",
     "CheckpointError",
     "load",

@@ -11,19 +11,11 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
+from slstm.optim.checks import MISSING_HESSIAN_HINT, check_finite, step_inputs
 from slstm.optim.config import LearnedOptimizerConfig
 from slstm.optim.features import build_features
 from slstm.optim.kinds import infer_kinds_from_shapes, param_groups_by_kind
 from slstm.optim.update_net import LSTMState, UpdateNet
-
-MISSING_HESSIAN_HINT = (
-    "compute the loss with slstm.curvature.backward(model, loss_fn, inputs, "
-    "targets), which sets p.grad and p.hessian_diag, instead of loss.backward()"
-)
-
-
-class NonFiniteInputError(ValueError):
-    """A gradient or diagonal Hessian given to an optimizer contains NaN or inf."""
 
 
 def create_update_nets(config: LearnedOptimizerConfig) -> nn.ModuleDict:
@@ -46,18 +38,6 @@ def detach_state(state: Sequence[LSTMState | None]) -> list[LSTMState | None]:
     return [
         None if entry is None else tuple(t.detach() for t in entry) for entry in state
     ]
-
-
-def check_finite(tensor: torch.Tensor, what: str) -> None:
-    """Raise ``NonFiniteInputError`` if ``tensor`` contains NaN or inf."""
-    if not bool(torch.isfinite(tensor).all()):
-        nan = int(torch.isnan(tensor).sum())
-        inf = int(torch.isinf(tensor).sum())
-        raise NonFiniteInputError(
-            f"{what} contains {nan} NaN and {inf} infinite values out of "
-            f"{tensor.numel()}; the step was not applied. Lower the learning rate or "
-            f"check the loss and the data for overflow."
-        )
 
 
 def _check_nets(nets: Mapping[str, nn.Module], config: LearnedOptimizerConfig):
@@ -294,43 +274,28 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group_index, group in enumerate(self.param_groups):
+        entries = step_inputs(self.param_groups, hessian=self.config.needs_curvature)
+        for group, p, name, hessian_diag in entries:
             net = self.nets[group["kind"]]
-            for param_index, p in enumerate(group["params"]):
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise ValueError(
-                        "LearnedOptimizer does not support sparse gradients"
-                    )
-                name = (
-                    f"parameter {param_index} of group {group_index} ({group['kind']})"
-                )
-                hessian_diag = getattr(p, "hessian_diag", None)
-                if self.config.needs_curvature and hessian_diag is None:
-                    raise ValueError(
-                        f"{name} has no p.hessian_diag, which this optimizer reads; "
-                        f"{MISSING_HESSIAN_HINT}"
-                    )
-                state = self.state[p]
-                if state:
-                    dtype = net.readout.weight.dtype
-                    previous = (state["hidden"].to(dtype), state["cell"].to(dtype))
-                else:
-                    previous = None
-                update, (hidden, cell) = compute_update(
-                    net,
-                    self.config,
-                    p.grad,
-                    hessian_diag,
-                    previous,
-                    name=name,
-                    check_inputs=group["check_inputs"],
-                )
-                p.add_(update)
-                state["step"] = state.get("step", 0) + 1
-                state["hidden"] = hidden
-                state["cell"] = cell
+            state = self.state[p]
+            if state:
+                dtype = net.readout.weight.dtype
+                previous = (state["hidden"].to(dtype), state["cell"].to(dtype))
+            else:
+                previous = None
+            update, (hidden, cell) = compute_update(
+                net,
+                self.config,
+                p.grad,
+                hessian_diag,
+                previous,
+                name=name,
+                check_inputs=False,
+            )
+            p.add_(update)
+            state["step"] = state.get("step", 0) + 1
+            state["hidden"] = hidden
+            state["cell"] = cell
         return loss
 
 
