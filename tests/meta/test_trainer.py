@@ -46,7 +46,8 @@ def test_cli_runs_tiny_configuration(tmp_path, capsys):
     for name in ("config.json", "metrics.csv", "best.pt", "last.pt", "state/latest.pt"):
         assert (out / name).is_file(), name
     config = MetaTrainConfig.load(out / "config.json")
-    assert config.episodes == 3 and config.net_sizes == {"channels": 4, "hidden": 8}
+    assert config.episodes == 3
+    assert config.net_sizes == {"channels": 4, "hidden": 8}
     rows = read_metrics(out / "metrics.csv")
     assert [r["kind"] for r in rows].count("episode") == 3
     validations = [r for r in rows if r["kind"] == "validation"]
@@ -81,7 +82,8 @@ def test_non_finite_meta_loss_is_skipped(tiny_config):
     summary = trainer.train_episode(0)
     assert trainer.counters.nonfinite == 1
     assert trainer.counters.meta_steps == 0
-    assert trainer.counters.diverged == 1 and summary.diverged == 1
+    assert trainer.counters.diverged == 1
+    assert summary.diverged == 1
     after = trainer.nets.state_dict()
     for name, value in before.items():
         assert torch.equal(after[name], value), f"{name} changed by a skipped update"

@@ -137,7 +137,8 @@ def test_graph_does_not_grow_across_truncations(tiny_config):
         del grads, result
         assert all(p.grad_fn is None and not p.requires_grad for p in optimizee.params)
         for hidden, cell in optimizee.state:
-            assert hidden.grad_fn is None and cell.grad_fn is None
+            assert hidden.grad_fn is None
+            assert cell.grad_fn is None
         gc.collect()
         live_tensors.append(
             sum(1 for obj in gc.get_objects() if issubclass(type(obj), torch.Tensor))

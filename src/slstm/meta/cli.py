@@ -222,8 +222,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Optuna storage URL shared by several machines, e.g. "
         "postgresql://host/db (default: sqlite file in DIR/search)",
     )
-    # Every option's default is None, so the options a user gave can be told apart
-    # from the rest when --resume merges them with the saved configuration.
+    # Every option's default is None, so --resume can distinguish the options a
+    # user set from the rest when it merges them with the saved configuration.
     parser.set_defaults(**{name: None for name in _config_fields()})
 
 
@@ -239,7 +239,7 @@ def _config_fields() -> list[str]:
 
 
 def given_options(args: argparse.Namespace) -> dict:
-    """The configuration options set on the command line (not None)."""
+    """Return the configuration options set on the command line (not None)."""
     return {
         name: getattr(args, name)
         for name in _config_fields()

@@ -165,9 +165,9 @@ class MetaTrainConfig:
     def step_weights(self, length: int | None = None) -> list[float]:
         """Return ``w_1 .. w_T`` for a truncation of ``length`` steps (default T).
 
-        The last truncation of an episode may be shorter than ``T`` when
-        ``horizon`` is not a multiple of it; it uses the first ``length``
-        weights of an explicit list and recomputes ``"linear"`` for its length.
+        The last truncation of an episode is shorter than ``T`` when ``horizon``
+        is not a multiple of it. It then uses the first ``length`` weights of an
+        explicit list, and ``"linear"`` is recomputed for its length.
         """
         length = self.unroll if length is None else length
         spec = self.loss_weights.strip()

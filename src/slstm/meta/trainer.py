@@ -104,7 +104,7 @@ class EpisodeSummary:
 
 @dataclass
 class MetaTrainResult:
-    """Where a run put its files and how it went.
+    """Outcome of a meta-training run: its files and counters.
 
     Attributes:
         out: the output folder.
@@ -377,7 +377,7 @@ class MetaTrainer:
 
         Returns the mean over ``validation_tasks`` networks of the loss and the
         classification error of their final parameters on the whole validation
-        split; a run that diverges counts as loss ``inf`` and error 1.
+        split. A run that diverges counts as loss ``inf`` and error 1.
         """
         config = self.config
         steps = config.validation_horizon or config.horizon
@@ -816,7 +816,7 @@ def _ordered_batches(split, batch_size, device):
 
 
 def learned_optimizer_config(config: MetaTrainConfig):
-    """The :class:`slstm.optim.LearnedOptimizerConfig` a run meta-trains."""
+    """Build the :class:`slstm.optim.LearnedOptimizerConfig` a run meta-trains."""
     from slstm.optim import LearnedOptimizerConfig
 
     return LearnedOptimizerConfig(

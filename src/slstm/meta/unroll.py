@@ -69,7 +69,7 @@ class Evaluation:
 
 @dataclass
 class TruncationResult:
-    """What one truncation produced.
+    """Result of one truncation.
 
     Attributes:
         meta_loss: the tensor to differentiate with respect to the update
