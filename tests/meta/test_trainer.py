@@ -89,53 +89,57 @@ def test_non_finite_meta_loss_is_skipped(tiny_config):
         assert torch.equal(after[name], value), f"{name} changed by a skipped update"
 
 
-def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
+def test_resume_after_kill_matches_uninterrupted(tmp_path):
     episodes = "12"
     args = [*TINY_ARGS, "--episodes", episodes, "--validate-every", "4",
-            "--checkpoint-every", "1", "--optimizer", "slstm"]  # fmt: skip
+            "--checkpoint-every", "2", "--optimizer", "slstm"]  # fmt: skip
     command = [sys.executable, "-m", "slstm", "meta-train", *args]
     env = {**os.environ, "PYTHONPATH": SRC}
 
     reference = tmp_path / "reference"
     subprocess.run([*command, "--out", str(reference)], check=True, env=env)
-
-    interrupted = tmp_path / "interrupted"
-    process = subprocess.Popen([*command, "--out", str(interrupted)], env=env)
-    metrics = interrupted / "metrics.csv"
-    deadline = time.monotonic() + 120
-    # Kill as soon as a few episodes are done, mid-run.
-    while time.monotonic() < deadline and process.poll() is None:
-        if metrics.exists() and metrics.read_text().count("\nepisode,") >= 3:
-            break
-        time.sleep(0.02)
-    assert process.poll() is None, "the run finished before it could be killed"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    saved = torch.load(interrupted / STATE_FILE, weights_only=True)
-    assert 0 < saved["counters"]["episode"] < int(episodes)
-
-    subprocess.run(
-        [sys.executable, "-m", "slstm", "meta-train", "--out", str(interrupted),
-         "--resume", "--no-progress"],
-        check=True,
-        env=env,
-    )  # fmt: skip
-    _assert_same_weights(
-        _weights(reference / "last.pt"), _weights(interrupted / "last.pt")
-    )
-    _assert_same_weights(
-        _weights(reference / "best.pt"), _weights(interrupted / "best.pt")
-    )
     first = torch.load(reference / STATE_FILE, weights_only=True)
-    second = torch.load(interrupted / STATE_FILE, weights_only=True)
-    for slot, values in first["meta_optimizer"]["state"].items():
-        for key, value in values.items():
-            assert torch.equal(value, second["meta_optimizer"]["state"][slot][key])
-    assert first["counters"]["meta_steps"] == second["counters"]["meta_steps"]
-    rows = read_metrics(interrupted / "metrics.csv")
-    assert [int(r["episode"]) for r in rows if r["kind"] == "episode"] == list(
-        range(1, int(episodes) + 1)
-    )
+
+    # SIGKILL resumes from the last periodic checkpoint; SIGTERM first saves
+    # the state after the last finished episode.
+    for kill in (signal.SIGKILL, signal.SIGTERM):
+        interrupted = tmp_path / kill.name
+        process = subprocess.Popen([*command, "--out", str(interrupted)], env=env)
+        metrics = interrupted / "metrics.csv"
+        deadline = time.monotonic() + 120
+        # Kill as soon as a few episodes are done, mid-run.
+        while time.monotonic() < deadline and process.poll() is None:
+            if metrics.exists() and metrics.read_text().count("\nepisode,") >= 3:
+                break
+            time.sleep(0.02)
+        assert process.poll() is None, "the run finished before it could be killed"
+        process.send_signal(kill)
+        code = process.wait()
+        assert code == (-9 if kill == signal.SIGKILL else 130)
+        saved = torch.load(interrupted / STATE_FILE, weights_only=True)
+        assert 0 < saved["counters"]["episode"] < int(episodes)
+
+        subprocess.run(
+            [sys.executable, "-m", "slstm", "meta-train", "--out", str(interrupted),
+             "--resume", "--no-progress"],
+            check=True,
+            env=env,
+        )  # fmt: skip
+        _assert_same_weights(
+            _weights(reference / "last.pt"), _weights(interrupted / "last.pt")
+        )
+        _assert_same_weights(
+            _weights(reference / "best.pt"), _weights(interrupted / "best.pt")
+        )
+        second = torch.load(interrupted / STATE_FILE, weights_only=True)
+        for slot, values in first["meta_optimizer"]["state"].items():
+            for key, value in values.items():
+                assert torch.equal(value, second["meta_optimizer"]["state"][slot][key])
+        assert first["counters"]["meta_steps"] == second["counters"]["meta_steps"]
+        rows = read_metrics(interrupted / "metrics.csv")
+        assert [int(r["episode"]) for r in rows if r["kind"] == "episode"] == list(
+            range(1, int(episodes) + 1)
+        )
 
 
 def test_resume_in_process_continues_to_more_episodes(tiny_config):

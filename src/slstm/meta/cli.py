@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import sys
 from pathlib import Path
 
 from slstm.meta.config import META_LOSSES, OPTIMIZER_KINDS, MetaTrainConfig
@@ -275,7 +276,14 @@ def run(args: argparse.Namespace) -> int:
         config = config_from_args(args)
     except (ValueError, FileNotFoundError) as error:
         raise SystemExit(f"slstm meta-train: {error}") from None
-    result = meta_train(config, resume=args.resume, progress=args.progress)
+    try:
+        result = meta_train(config, resume=args.resume, progress=args.progress)
+    except KeyboardInterrupt:
+        print(
+            f"interrupted; continue with: slstm meta-train --out {config.out} --resume",
+            file=sys.stderr,
+        )
+        return 130
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     lines = [

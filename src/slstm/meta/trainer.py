@@ -450,10 +450,7 @@ class MetaTrainer:
             _restore_sigterm_handler(previous_handler)
             if bar is not None:
                 bar.close()
-        if (
-            self._written_episode != self.counters.episode
-            or not (self.out / "last.pt").exists()
-        ):
+        if self._written_episode != self.counters.episode:
             self.save_checkpoint()
         self.context.barrier()
         return self.result()
@@ -625,12 +622,14 @@ class MetaTrainer:
 
     def save_checkpoint(self) -> None:
         """Write ``state/latest.pt`` and ``last.pt`` atomically (rank 0 writes)."""
+        # Every rank records the write, so all of them agree on whether the
+        # final checkpoint (a collective call) is still due.
         rng_states = self.context.all_gather_object(capture_rng_state())
+        self._written_episode = self.counters.episode
         if not self.context.is_main:
             return
         atomic_torch_save(self.state_dict(rng_states), self.out / STATE_FILE)
         self._save_optimizer(self.out / "last.pt")
-        self._written_episode = self.counters.episode
 
     def _save_optimizer(self, path: Path) -> None:
         from slstm.optim import save_checkpoint
