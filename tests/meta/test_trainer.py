@@ -82,6 +82,7 @@ def test_non_finite_meta_loss_is_skipped(tiny_config):
     summary = trainer.train_episode(0)
     assert trainer.counters.nonfinite == 1
     assert trainer.counters.meta_steps == 0
+    assert trainer.counters.skipped == 1
     assert trainer.counters.diverged == 1
     assert summary.diverged == 1
     after = trainer.nets.state_dict()

@@ -84,7 +84,7 @@ class Counters:
     episode: int = 0  # episodes finished on each rank
     meta_steps: int = 0  # meta-updates applied
     inner_steps: int = 0  # optimizee steps on this rank
-    skipped: int = 0  # meta-updates skipped: no rank had a finite meta-gradient
+    skipped: int = 0  # meta-updates skipped: no rank had a usable meta-gradient
     nonfinite: int = 0  # non-finite meta-losses or meta-gradients on this rank
     diverged: int = 0  # episodes on this rank whose optimizee diverged
     seconds: float = 0.0  # wall time, summed over resumptions
@@ -113,7 +113,8 @@ class MetaTrainResult:
         last_checkpoint: ``last.pt``, the update networks at the end.
         episodes: episodes finished on each rank.
         meta_steps: meta-updates applied.
-        skipped: meta-updates skipped for want of a finite meta-gradient.
+        skipped: meta-updates skipped because no rank had a usable (finite)
+            meta-gradient.
         nonfinite: non-finite meta-losses or meta-gradients on this rank.
         diverged: diverged episodes on this rank.
         best_validation_loss: the validation loss of ``best.pt`` (inf if none).
@@ -296,8 +297,7 @@ class MetaTrainer:
         """Average over ranks, clip and take one Adam step; False if skipped."""
         averaged, contributors = self.context.average_gradients(grads, usable)
         if contributors == 0:
-            if usable or self.context.active:
-                self.counters.skipped += 1
+            self.counters.skipped += 1
             return False
         for param, grad in zip(self.meta_params, averaged, strict=True):
             param.grad = grad
@@ -525,7 +525,10 @@ class MetaTrainer:
             }
         )
         if bar is not None:
-            postfix = {"meta_loss": f"{summary.meta_loss:.4g}"}
+            postfix = {
+                "meta_loss": f"{summary.meta_loss:.4g}",
+                "loss": f"{summary.final_loss:.4g}",
+            }
             if self.last_validation is not None:
                 postfix["val_loss"] = f"{self.last_validation[0]:.4g}"
             postfix["steps/s"] = f"{steps_per_second:.1f}"
