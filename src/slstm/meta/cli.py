@@ -33,6 +33,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"(default: {defaults.optimizer})",
     )
     add_data_arguments(parser)
+    for action in parser._actions:
+        if action.dest == "validation":
+            # Meta-training validates by default, so it carves a split by default.
+            action.help = (
+                "training examples held out for validation: a count or a fraction "
+                f"(default: {defaults.validation})"
+            )
 
     task = parser.add_argument_group("tasks")
     task.add_argument(
@@ -59,11 +66,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     unroll.add_argument(
         "--episodes",
         type=int,
+        metavar="N",
         help=f"episodes per process (default: {defaults.episodes})",
     )
     unroll.add_argument(
         "--horizon",
         type=int,
+        metavar="N",
         help=f"optimizee steps per episode (default: {defaults.horizon})",
     )
     unroll.add_argument(
@@ -75,11 +84,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     unroll.add_argument(
         "--batch-size",
         type=int,
+        metavar="N",
         help=f"optimizee minibatch size (default: {defaults.batch_size})",
     )
     unroll.add_argument(
         "--divergence-factor",
         type=float,
+        metavar="FACTOR",
         help="end an episode when the loss exceeds this factor times its initial "
         f"value (default: {defaults.divergence_factor})",
     )
@@ -88,11 +99,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     meta.add_argument(
         "--meta-lr",
         type=float,
+        metavar="LR",
         help=f"Adam learning rate (default: {defaults.meta_lr})",
     )
     meta.add_argument(
         "--clip-norm",
         type=float,
+        metavar="NORM",
         help="clip the meta-gradient's L2 norm to this "
         f"(default: {defaults.clip_norm})",
     )
@@ -119,24 +132,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     learned.add_argument(
         "--output-scale",
         type=float,
+        metavar="SCALE",
         help=f"update = output_scale * LSTM output (default: {defaults.output_scale})",
     )
     learned.add_argument(
         "--hidden-size",
         type=int,
+        metavar="N",
         help=f"LSTM hidden units per layer (default: {defaults.hidden_size})",
     )
     learned.add_argument(
-        "--num-layers", type=int, help=f"LSTM layers (default: {defaults.num_layers})"
+        "--num-layers",
+        type=int,
+        metavar="N",
+        help=f"LSTM layers (default: {defaults.num_layers})",
     )
     learned.add_argument(
         "--preprocess-p",
         type=float,
+        metavar="P",
         help=f"exponent p of the log preprocessing (default: {defaults.preprocess_p})",
     )
 
     run = parser.add_argument_group("run")
-    run.add_argument("--seed", type=int, help=f"random seed (default: {defaults.seed})")
+    run.add_argument(
+        "--seed", type=int, metavar="N", help=f"random seed (default: {defaults.seed})"
+    )
     run.add_argument(
         "--out",
         metavar="DIR",
@@ -160,12 +181,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--validation-tasks",
         type=int,
+        metavar="N",
         help="fresh networks trained per validation "
         f"(default: {defaults.validation_tasks})",
     )
     run.add_argument(
         "--validation-horizon",
         type=int,
+        metavar="N",
         help="steps of each validation run (default: --horizon)",
     )
     run.add_argument(
@@ -205,16 +228,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     search.add_argument(
         "--search-low",
         type=float,
+        metavar="LR",
         help=f"lowest meta learning rate tried (default: {defaults.search_low})",
     )
     search.add_argument(
         "--search-high",
         type=float,
+        metavar="LR",
         help=f"highest meta learning rate tried (default: {defaults.search_high})",
     )
     search.add_argument(
         "--search-episodes",
         type=int,
+        metavar="N",
         help=f"episodes per search trial (default: {defaults.search_episodes})",
     )
     search.add_argument(
