@@ -218,3 +218,16 @@ def test_config_json_round_trip():
     config = MetaTrainConfig(net_sizes={"channels": [8, 16]}, loss_weights="linear")
     assert MetaTrainConfig.from_json(config.to_json()) == config
     assert config.step_weights(4) == [0.25, 0.5, 0.75, 1.0]
+
+
+def test_resume_before_first_checkpoint_starts_over(tiny_config):
+    config = tiny_config(episodes=2)
+    Path(config.out).mkdir(parents=True)
+    (Path(config.out) / "config.json").write_text(config.to_json())
+    result = meta_train(config, resume=True, progress=False)
+    assert result.episodes == 2
+
+
+def test_resume_without_run_is_rejected(tiny_config):
+    with pytest.raises(FileNotFoundError, match="--resume found no checkpoint"):
+        meta_train(tiny_config(episodes=1), resume=True, progress=False)

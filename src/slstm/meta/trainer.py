@@ -856,11 +856,16 @@ def meta_train(
     and rank 0 writes the files. With ``config.search > 0`` a random search
     over ``meta_lr`` runs first (see :func:`slstm.meta.search.search_meta_lr`).
     """
+    out = Path(config.out)
+    if resume and not (out / STATE_FILE).exists() and (out / "config.json").exists():
+        # Killed during the search or the first episodes: nothing to resume yet.
+        logger.warning("%s has no checkpoint yet; starting from episode 0", out)
+        resume = False
     device = resolve_device(config.device)
     context, device = setup_distributed(device)
     try:
         trials: list = []
-        if config.search and not (resume and (Path(config.out) / STATE_FILE).exists()):
+        if config.search and not resume:
             from slstm.meta.search import search_meta_lr
 
             best_lr, trials = search_meta_lr(config, context=context, device=device)
