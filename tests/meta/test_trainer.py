@@ -231,3 +231,10 @@ def test_resume_before_first_checkpoint_starts_over(tiny_config):
 def test_resume_without_run_is_rejected(tiny_config):
     with pytest.raises(FileNotFoundError, match="--resume found no checkpoint"):
         meta_train(tiny_config(episodes=1), resume=True, progress=False)
+
+
+def test_horizon_not_multiple_of_unroll(tiny_config):
+    trainer = MetaTrainer(tiny_config(horizon=7, unroll=5, episodes=1), progress=False)
+    summary = trainer.train_episode(0)
+    assert summary.inner_steps == 7
+    assert trainer.counters.meta_steps == 2

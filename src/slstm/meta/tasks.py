@@ -26,6 +26,9 @@ _VALIDATION_STREAM = 1
 class Task:
     """One optimizee problem.
 
+    NOTE: the data set is fixed per run (``--data``); tasks vary the network,
+    the class subset and the seeds, not the data set.
+
     Attributes:
         net: a name in :data:`slstm.models.MODELS`.
         net_sizes: keyword sizes for :func:`slstm.models.build_model`.
