@@ -134,6 +134,7 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--recompute-updates", action="store_true")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -151,6 +152,7 @@ def main(argv=None):
             validate_every=0,
             device=str(device),
             out=out,
+            recompute_updates=args.recompute_updates,
         )
         trainer = MetaTrainer(config, progress=False)
         # A non-zero read-out, as after some meta-training, so the updates are real.
@@ -181,7 +183,8 @@ def main(argv=None):
     print(
         f"network: {args.net} {args.net_sizes or '(default sizes)'}, "
         f"{coordinates} parameters, data {args.data}, batch {args.batch_size}, "
-        f"T = {args.unroll}, {args.repeats} repeats (median)"
+        f"T = {args.unroll}, {args.repeats} repeats (median), "
+        f"recompute_updates={args.recompute_updates}"
     )
     print(
         f"meta-training truncation + meta-update: {truncation:.3f} s, "

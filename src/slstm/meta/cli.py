@@ -116,6 +116,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"(default: {defaults.meta_loss})",
     )
     meta.add_argument(
+        "--recompute-updates",
+        action="store_true",
+        help="recompute the update networks' activations in the meta-backward "
+        "instead of storing them: several times less memory per truncation, about "
+        "one more update-network forward pass per step",
+    )
+    meta.add_argument(
         "--loss-weights",
         metavar="SPEC",
         help="w_t over a truncation: uniform, linear, last or T comma-separated "

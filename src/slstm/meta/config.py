@@ -44,6 +44,9 @@ class MetaTrainConfig:
         loss_weights: ``w_t`` over the ``T`` steps of a truncation:
             ``"uniform"`` (all 1), ``"linear"`` (``t/T``), ``"last"`` (only the
             last step), or ``T`` comma-separated numbers.
+        recompute_updates: recompute the update networks' activations in the
+            meta-backward instead of keeping them (less memory, about one more
+            update-network forward pass per step).
         divergence_factor: an episode ends as diverged when the optimizee's
             loss is non-finite or above this factor times its initial loss.
         validate_every: episodes between validations (0 disables them).
@@ -83,6 +86,7 @@ class MetaTrainConfig:
     clip_norm: float = 1.0
     meta_loss: str = "sum"
     loss_weights: str = "uniform"
+    recompute_updates: bool = False
     divergence_factor: float = 10.0
     validate_every: int = 10
     validation_tasks: int = 2

@@ -73,6 +73,7 @@ RESUMABLE_CHANGES = frozenset(
         "search_high",
         "search_episodes",
         "search_storage",
+        "recompute_updates",
     }
 )
 
@@ -262,6 +263,7 @@ class MetaTrainer:
             steps,
             config.step_weights(steps),
             meta_loss=config.meta_loss,
+            recompute_updates=config.recompute_updates,
         )
         zeros = [torch.zeros_like(p) for p in self.meta_params]
         if result.meta_loss is None:
