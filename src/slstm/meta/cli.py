@@ -311,6 +311,8 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"slstm meta-train: {error}") from None
     try:
         result = meta_train(config, resume=args.resume, progress=args.progress)
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        raise SystemExit(f"slstm meta-train: {error}") from None
     except KeyboardInterrupt:
         print(
             f"interrupted; continue with: slstm meta-train --out {config.out} --resume",

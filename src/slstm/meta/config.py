@@ -142,6 +142,13 @@ class MetaTrainConfig:
                 isinstance(value, int | float) and math.isfinite(value) and value > 0
             ):
                 raise ValueError(f"{name} must be a positive number, got {value!r}")
+        from slstm.optim import CURVATURE_METHODS
+
+        if self.curvature_method not in CURVATURE_METHODS:
+            raise ValueError(
+                f"curvature_method must be one of {CURVATURE_METHODS}, got "
+                f"{self.curvature_method!r}"
+            )
         if not self.divergence_factor > 1:
             raise ValueError(
                 f"divergence_factor must be above 1, got {self.divergence_factor!r}"

@@ -184,6 +184,15 @@ class MetaTrainer:
             num_classes=self.data.num_classes,
             task_classes=config.task_classes,
         )
+        # Build one task's network now, so a bad --net or --net-sizes fails
+        # before any file is written.
+        first_task = self.sampler.sample(0, self.context.rank)
+        build_task_model(
+            first_task,
+            self.data.input_shape,
+            task_num_classes(first_task, self.data),
+            "cpu",
+        )
         self.optimizer_config = learned_optimizer_config(config)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
@@ -823,8 +832,8 @@ def learned_optimizer_config(config: MetaTrainConfig):
     """Build the :class:`slstm.optim.LearnedOptimizerConfig` a run meta-trains."""
     from slstm.optim import LearnedOptimizerConfig
 
-    return LearnedOptimizerConfig(
-        inputs=("grad", "hessian") if config.uses_hessian else ("grad",),
+    return LearnedOptimizerConfig.preset(
+        config.optimizer,
         preprocess_p=config.preprocess_p,
         hidden_size=config.hidden_size,
         num_layers=config.num_layers,
