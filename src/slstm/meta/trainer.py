@@ -4,7 +4,7 @@ An episode trains a freshly initialised network from :class:`TaskSampler` for
 ``horizon`` steps with the learned optimizer, in truncations of ``T`` steps.
 After each truncation the meta-gradient of that truncation's meta-loss (see
 :mod:`slstm.meta.unroll`) is averaged over the ranks, clipped to
-``clip_norm`` and applied by Adam; then parameters and recurrent state are
+``clip_norm`` and applied by Adam. Then parameters and recurrent state are
 detached, so memory does not grow along the episode.
 
 Everything random in an episode is a function of ``(seed, rank, episode)``
