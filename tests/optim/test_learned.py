@@ -463,3 +463,27 @@ def test_every_weight_changes_after_meta_step():
     meta_step(nets, config, meta_optimizer, seed=1)
     for name, weight in named.items():
         assert not torch.equal(weight.detach(), after_first[name]), name
+
+
+def test_chunked_step_matches_whole_step():
+    config = LearnedOptimizerConfig.preset("slstm")
+    nets = random_nets(config)
+    model = small_cnn(channels=3)
+    twin = copy.deepcopy(model)
+    whole = LearnedOptimizer(model, nets, config)
+    chunked = LearnedOptimizer(twin, nets, config, chunk_size=5)
+    for step in range(3):
+        set_gradients(model, seed=step)
+        set_gradients(twin, seed=step)
+        whole.step()
+        chunked.step()
+    for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
+        torch.testing.assert_close(whole.state[p]["hidden"], chunked.state[q]["hidden"])
+        torch.testing.assert_close(whole.state[p]["cell"], chunked.state[q]["cell"])
+
+
+def test_rejects_bad_chunk_size():
+    config = LearnedOptimizerConfig.preset("lstm")
+    with pytest.raises(ValueError, match="chunk_size"):
+        LearnedOptimizer(small_cnn(), create_update_nets(config), config, chunk_size=0)

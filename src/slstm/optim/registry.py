@@ -156,8 +156,8 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
         ),
         OptimizerSpec(
             "diagonal-newton",
-            _baseline(DiagonalNewton, 0.1),
-            default_lr=0.1,
+            _baseline(DiagonalNewton, 1e-3),
+            default_lr=1e-3,
             needs_curvature=True,
             learned=False,
             description="damped diagonal Newton step, g / (|h| + eps)",
