@@ -10,7 +10,10 @@ and prints each optimizer's median step time as a ratio to Adam's, measured in
 the same run with the optimizers interleaved. The update networks are freshly
 initialised, which costs the same time as trained ones.
 
-Part 2 runs two steps of each learned optimizer (and Adam, for scale) on one
+Part 2 times one forward of the update network's LSTM against two
+``nn.LSTMCell`` layers computing the same numbers.
+
+Part 3 runs two steps of each learned optimizer (and Adam, for scale) on one
 flat parameter tensor of 1M and 10M coordinates, each in a fresh process, and
 prints the peak resident memory above the process's baseline per coordinate;
 equal bytes per coordinate at both sizes means memory linear in the parameter
@@ -93,6 +96,45 @@ def time_update_only(repeats, size=226_442):
     return results
 
 
+def time_cell_against_lstm_cell(repeats, size=65_536):
+    """Minimum time of one forward of the update network's two-layer LSTM and of
+    two ``nn.LSTMCell`` layers with the same weights, on ``size`` coordinates."""
+    torch.manual_seed(0)
+    net = slstm.optim.UpdateNet(4)
+    cells = [nn.LSTMCell(4, 20), nn.LSTMCell(20, 20)]
+    for layer, cell in enumerate(cells):
+        weight_ih, weight_hh, bias_ih, bias_hh = net.lstm.layer_weights(layer)
+        cell.weight_ih.data.copy_(weight_ih)
+        cell.weight_hh.data.copy_(weight_hh)
+        cell.bias_ih.data.copy_(bias_ih)
+        cell.bias_hh.data.copy_(bias_hh)
+    features = torch.randn(size, 4)
+    state = (torch.randn(2, 20, size), torch.randn(2, 20, size))
+    cell_state = [
+        (state[0][k].t().contiguous(), state[1][k].t().contiguous()) for k in (0, 1)
+    ]
+
+    def run_cells():
+        hidden, _ = cells[0](features, cell_state[0])
+        return cells[1](hidden, cell_state[1])[0]
+
+    def run_net():
+        return net.lstm(features.t(), state)[0]
+
+    times = {"UpdateNet LSTM": [], "2 x nn.LSTMCell": []}
+    with torch.no_grad():
+        difference = (run_net().t() - run_cells()).abs().max().item()
+        for _ in range(repeats):
+            for label, function in (
+                ("UpdateNet LSTM", run_net),
+                ("2 x nn.LSTMCell", run_cells),
+            ):
+                start = time.perf_counter()
+                function()
+                times[label].append(time.perf_counter() - start)
+    return {label: min(values) for label, values in times.items()}, difference
+
+
 def build_flat(name, param):
     spec = slstm.optim.OPTIMIZERS[name]
     groups = [{"params": [param], "kind": "fc"}]
@@ -163,6 +205,12 @@ def main(argv=None):
             f"{name:<16} {steps[name]:>8.4f} {steps[name] / steps['adam']:>7.2f} "
             f"{updates[name]:>9.4f}"
         )
+
+    cell_times, difference = time_cell_against_lstm_cell(args.repeats)
+    print(f"\ntwo-layer LSTM forward on 65,536 coordinates (minimum of {args.repeats})")
+    for label, seconds in cell_times.items():
+        print(f"{label:<16} {seconds:>8.4f} s")
+    print(f"max difference of the top hidden state: {difference:.1e}")
 
     if args.skip_memory:
         return 0

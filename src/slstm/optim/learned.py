@@ -70,12 +70,14 @@ def compute_update(
     *,
     name: str = "parameter",
     check_inputs: bool = True,
+    out: LSTMState | None = None,
 ) -> tuple[torch.Tensor, LSTMState]:
     """Return the update of one parameter tensor (same shape as ``grad``) and the
     new state.
 
     ``grad`` and ``hessian_diag`` are detached here: meta-gradients reach the
-    network's weights and the parameters, never the optimizer's inputs.
+    network's weights and the parameters, never the optimizer's inputs. ``out``
+    receives the new state if given (see ``UpdateNet.forward``).
     """
     grad = grad.detach()
     if hessian_diag is not None:
@@ -96,7 +98,7 @@ def compute_update(
             f"{weight.device}; move the networks with nets.to({str(grad.device)!r})"
         )
     features = build_features(grad, hessian_diag, config).to(weight.dtype)
-    update, new_state = net(features, state)
+    update, new_state = net(features, state, out)
     return update.view_as(grad).to(grad.dtype), new_state
 
 
@@ -321,21 +323,21 @@ class LearnedOptimizer(torch.optim.Optimizer):
         hidden, cell = state["hidden"], state["cell"]
         for start in range(0, p.numel(), size):
             block = slice(start, start + size)
-            update, (new_hidden, new_cell) = compute_update(
+            block_state = (hidden[:, :, block], cell[:, :, block])
+            update, _ = compute_update(
                 net,
                 self.config,
                 flat_grad[block],
                 None if flat_hessian is None else flat_hessian[block],
-                (hidden[:, :, block], cell[:, :, block]),
+                block_state,
                 name=name,
                 check_inputs=False,
+                out=block_state,
             )
             if flat_param is p:  # not contiguous: one block holds all of p
                 p.add_(update.view_as(p))
             else:
                 flat_param[block].add_(update)
-            hidden[:, :, block] = new_hidden
-            cell[:, :, block] = new_cell
 
 
 def _normalise_groups(params) -> list[dict]:
