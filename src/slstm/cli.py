@@ -11,7 +11,7 @@ import sys
 
 # (name, module, one-line help)
 COMMANDS = [
-    ("info", "slstm.info", "list data sets and networks with their parameter counts"),
+    ("info", "slstm.info", "list data sets and networks with parameter counts"),
     ("demo", "slstm.curvature.demo", "show g and the diagonal Hessian on real batches"),
     ("meta-train", "slstm.meta.cli", "meta-train an LSTM or SLSTM optimizer"),
     (

@@ -5,9 +5,9 @@ supports (``Conv2d``, ``ReLU``, ``MaxPool2d``, ``AvgPool2d``, ``Flatten``,
 ``Linear``, ``Dropout``), so one backward pass can return the gradient and the
 diagonal Hessian of every parameter. Input shape and class count come from the
 data set. The widths are keyword arguments whose defaults are the published
-sizes (64 maps and 32 hidden units for MNIST/CIFAR-10, 64-256-512-512-512 maps
-and 4096 hidden units for ImageNet); pass narrower ones (``channels=16``) for
-CPU runs.
+sizes: 64 maps and 32 hidden units for MNIST and CIFAR-10, 64-256-512-512-512
+maps and 4096 hidden units for ImageNet. Pass narrower ones (``channels=16``)
+for CPU runs.
 
 Choices the published description leaves open, made here:
 
@@ -16,13 +16,14 @@ Choices the published description leaves open, made here:
 - a 2×2 max-pool follows each convolution of ``mnist_cnn``/``cifar_cnn`` and
   ``small_cnn``;
 - "2 fully connected layers of 32 units" are two hidden layers, each followed
-  by ReLU, and a linear classifier comes after them; the network outputs
+  by ReLU, and a linear classifier comes after them. The network outputs
   logits (no softmax);
 - PyTorch's default initialisation.
 """
 
 from __future__ import annotations
 
+import argparse
 import inspect
 import numbers
 from collections.abc import Callable, Sequence
@@ -31,11 +32,14 @@ from torch import nn
 
 __all__ = [
     "MODELS",
+    "add_model_arguments",
     "build_model",
     "cifar_cnn",
     "count_parameters",
     "imagenet_cnn",
     "mnist_cnn",
+    "model_from_args",
+    "model_sizes",
     "small_cnn",
 ]
 
@@ -104,9 +108,9 @@ def _pooled(size: int, name: str, input_shape) -> int:
     if size < 2:
         shape = "x".join(str(s) for s in input_shape)
         raise ValueError(
-            f"{name}: input {shape} is too small, the feature maps shrink to "
-            f"{size}x{size} before a 2x2 max-pool; use larger images "
-            "(e.g. --image-size) or another network"
+            f"{name}: input {shape} is too small because the feature maps shrink "
+            f"to {size} pixel(s) on a side before a 2x2 max-pool; use larger "
+            "images (e.g. --image-size) or another network"
         )
     return size // 2
 
@@ -160,7 +164,7 @@ def mnist_cnn(
     hidden: int | Sequence[int] = 32,
     dropout: float = 0.0,
 ) -> nn.Sequential:
-    """Three 5×5 conv layers and two hidden fully connected layers.
+    """Build three 5×5 conv layers and two hidden fully connected layers.
 
     Layout: 3 × [Conv2d(k×k, padding k // 2) → ReLU → MaxPool2d(2)] → Flatten →
     2 × [Linear → ReLU (→ Dropout)] → Linear(num_classes). A 28×28 input shrinks
@@ -194,7 +198,7 @@ def cifar_cnn(
     hidden: int | Sequence[int] = 32,
     dropout: float = 0.0,
 ) -> nn.Sequential:
-    """The network of :func:`mnist_cnn` with CIFAR-10's input shape as default.
+    """Build the network of :func:`mnist_cnn`, with CIFAR-10's input shape as default.
 
     The published setup uses one architecture for MNIST and CIFAR-10. With the
     defaults on CIFAR-10 it has 243,978 parameters.
@@ -215,9 +219,9 @@ def small_cnn(
     hidden: int = 32,
     dropout: float = 0.0,
 ) -> nn.Sequential:
-    """One conv layer and one hidden fully connected layer.
+    """Build one conv layer and one hidden fully connected layer.
 
-    The network on which a learned optimizer is meta-trained before it trains a
+    This is the network on which a learned optimizer is meta-trained before it trains a
     :func:`cifar_cnn`. It has both kinds of parameters (conv and fully
     connected), so both of the optimizer's LSTMs are trained. The published
     description gives no widths; the defaults here are this library's choice.
@@ -247,16 +251,16 @@ def imagenet_cnn(
     dropout: float = 0.0,
     pooled_size: int = 4,
 ) -> nn.Sequential:
-    """Five conv layers (64, 256, 512, 512, 512 maps) and two hidden FC layers.
+    """Build five conv layers (64, 256, 512, 512, 512 maps) and two hidden FC layers.
 
     Layout, with sizes for a 64×64 input:
 
     - Conv2d(7×7, stride 2, padding 3) → ReLU → MaxPool2d(2): 64 → 32 → 16
     - Conv2d(5×5, padding 2) → ReLU → MaxPool2d(2): 16 → 8
     - 3 × [Conv2d(3×3, padding 1) → ReLU], then MaxPool2d(2): 8 → 4
-    - AvgPool2d(s // pooled_size) when the maps are still larger than
-      ``pooled_size`` (e.g. 224×224 input: 14 → 4), so the first hidden layer's
-      size depends little on the image size
+    - AvgPool2d(s // pooled_size) when the maps are at least twice
+      ``pooled_size`` (e.g. 224×224 input: 14 → 4). For images of 64×64 or
+      more this leaves maps of ``pooled_size`` to ``2 * pooled_size - 1`` pixels
     - Flatten → 2 × [Linear(hidden) → ReLU (→ Dropout)] → Linear(num_classes)
 
     The filter sizes and strides follow the common AlexNet-style layout; the
@@ -364,3 +368,57 @@ def count_parameters(model: nn.Module, *, trainable_only: bool = True) -> int:
     return sum(
         p.numel() for p in model.parameters() if p.requires_grad or not trainable_only
     )
+
+
+def parse_size(text: str) -> tuple[str, object]:
+    """Parse ``--net-size KEY=VALUE``: an int, ints separated by commas, or a float.
+
+    ``"channels=16"`` gives ``("channels", 16)``, ``"hidden=64,32"`` gives
+    ``("hidden", (64, 32))`` and ``"dropout=0.5"`` gives ``("dropout", 0.5)``.
+    """
+    key, equals, value = text.partition("=")
+    key, value = key.strip().replace("-", "_"), value.strip()
+    if not equals or not key or not value:
+        raise argparse.ArgumentTypeError(
+            f"invalid network size {text!r}; write KEY=VALUE, e.g. channels=16"
+        )
+    try:
+        if "," in value:
+            return key, tuple(int(v) for v in value.split(","))
+        if value.lstrip("-").isdigit():
+            return key, int(value)
+        return key, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid value in {text!r}; write an int (16), ints (64,32) or a "
+            "float (0.5)"
+        ) from None
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, *, default="mnist_cnn"):
+    """Add ``--net NAME`` and repeatable ``--net-size KEY=VALUE`` to ``parser``."""
+    group = parser.add_argument_group("network")
+    group.add_argument(
+        "--net",
+        default=default,
+        choices=list(MODELS),
+        metavar="NAME",
+        help=f"network: {', '.join(MODELS)} (default: {default})",
+    )
+    group.add_argument(
+        "--net-size",
+        type=parse_size,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a width of the network, e.g. channels=16 or hidden=64,32; "
+        "repeat for several",
+    )
+    return group
+
+
+def model_from_args(
+    args: argparse.Namespace, input_shape, num_classes
+) -> nn.Sequential:
+    """Call :func:`build_model` with the options of :func:`add_model_arguments`."""
+    return build_model(args.net, input_shape, num_classes, **dict(args.net_size))

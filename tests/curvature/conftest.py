@@ -6,8 +6,8 @@ from torch.func import functional_call
 
 
 def autograd_gradients(model, loss_fn, inputs, targets):
-    """Return {name: dL/dθ} from loss.backward() on a copy of the gradients."""
-    params = dict(model.named_parameters())
+    """Return {name: dL/dθ} for the trainable parameters, from autograd."""
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     loss = loss_fn(model(inputs), targets)
     if loss.dim() > 0:
         loss = loss.sum()
@@ -30,7 +30,9 @@ def autograd_diagonals(model, loss_fn, inputs, targets):
             loss = loss_fn(functional_call(model, replaced, (inputs,)), targets)
             return loss.sum() if loss.dim() > 0 else loss
 
-        hessian = torch.autograd.functional.hessian(loss_of, value.flatten())
+        hessian = torch.autograd.functional.hessian(
+            loss_of, value.flatten(), vectorize=True
+        )
         diagonals[name] = torch.diagonal(hessian).view(value.shape)
     return diagonals
 

@@ -144,3 +144,33 @@ def write_cifar():
     Called as ``write_cifar(path, images, labels)``.
     """
     return write_cifar_batch
+
+
+# Solid colour of each class in the generated image folder.
+FOLDER_COLOURS = {"cat": (255, 0, 0), "dog": (0, 255, 0), "fish": (0, 0, 255)}
+
+
+def write_image(path, colour, size=(24, 18), mode="RGB"):
+    """Save a solid-colour image; the format follows the file extension."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.new("RGB", size, colour)
+    if mode != "RGB":
+        image = image.convert(mode)
+    image.save(path)
+    return path
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """``train/`` with 4 images per class and ``val/`` with 2, PNG and JPEG mixed."""
+    root = tmp_path / "images"
+    sizes = [(24, 18), (18, 30), (40, 40), (17, 23)]
+    for name, colour in FOLDER_COLOURS.items():
+        for i, size in enumerate(sizes):
+            suffix = ".png" if i % 2 == 0 else ".JPG"
+            write_image(root / "train" / name / f"{i}{suffix}", colour, size)
+        for i in range(2):
+            write_image(root / "val" / name / f"v{i}.png", colour, sizes[i])
+    return root

@@ -23,7 +23,7 @@ def test_batches_have_shape_and_match_targets(split):
     for inputs, targets in batches:
         assert inputs.shape == (4, 2, 3, 3)
         assert targets.shape == (4,)
-        # Row i of the split holds the value i, so inputs and targets must agree.
+        # Row i of the split contains the value i, so inputs and targets must agree.
         torch.testing.assert_close(inputs[:, 0, 0, 0], targets.float())
 
 
@@ -86,3 +86,22 @@ def test_evaluation_batches_in_order(split):
     batches = list(evaluation_batches(split, 4))
     assert [len(t) for _, t in batches] == [4, 4, 2]
     assert torch.cat([t for _, t in batches]).tolist() == list(range(10))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_dataset_on_cuda():
+    from slstm.data import load_dataset
+
+    data = load_dataset("digits", validation=100, device="cuda")
+    assert data.train.inputs.is_cuda
+    assert data.validation.targets.is_cuda
+    generator = torch.Generator().manual_seed(0)
+    inputs, targets = next(batch_iterator(data.train, 32, generator=generator))
+    assert inputs.is_cuda
+    assert targets.is_cuda
+    cpu = data.train.to("cpu")
+    inputs_cpu, targets_cpu = next(
+        batch_iterator(cpu, 32, generator=torch.Generator().manual_seed(0))
+    )
+    torch.testing.assert_close(inputs.cpu(), inputs_cpu)
+    assert targets.cpu().tolist() == targets_cpu.tolist()

@@ -152,3 +152,23 @@ def test_image_label_count_mismatch(idx_dir, idx_arrays):
 def test_split_image_size_mismatch(idx_dir, idx_arrays):
     write_idx(idx_dir / "t10k-images-idx3-ubyte.gz", np.zeros((20, 6, 6), np.uint8))
     _assert_error(idx_dir, "train images are (6, 5) but test images are (6, 6)")
+
+
+def test_second_load_uses_cache(idx_dir, monkeypatch):
+    first = load_dataset("mnist", idx_dir, validation=5)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the files were read again")
+
+    monkeypatch.setattr("slstm.data.idx.read_idx_dataset", fail)
+    again = load_dataset("mnist", idx_dir, validation=5)
+    torch.testing.assert_close(again.train.inputs, first.train.inputs)
+    torch.testing.assert_close(again.validation.targets, first.validation.targets)
+
+
+def test_changed_file_is_read_again(idx_dir, idx_arrays):
+    load_dataset("mnist", idx_dir)
+    labels = idx_arrays["t10k-labels"][:-1]
+    write_idx(idx_dir / "t10k-labels-idx1-ubyte.gz", labels)
+    with pytest.raises(DataError, match="has 20 images but"):
+        load_dataset("mnist", idx_dir)

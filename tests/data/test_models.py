@@ -80,7 +80,9 @@ def test_imagenet_cnn_count_on_64_pixels():
         + linear(4096, 4096)
         + linear(4096, 1000)
     )
-    model = build_model("imagenet_cnn", (3, 64, 64), 1000)
+    # The meta device records shapes without allocating the 60M parameters.
+    with torch.device("meta"):
+        model = build_model("imagenet_cnn", (3, 64, 64), 1000)
     assert count_parameters(model) == expected
 
 
@@ -189,3 +191,20 @@ def test_invalid_arguments(name, kwargs, fragment):
 def test_invalid_input_or_classes(input_shape, num_classes, fragment):
     with pytest.raises(ValueError, match=fragment):
         build_model("mnist_cnn", input_shape, num_classes)
+
+
+@pytest.mark.parametrize("name, data", MODEL_DATA)
+def test_curvature_engine_accepts_model(name, data):
+    from slstm.curvature import backward
+
+    input_shape, num_classes = DATA_SHAPES[data]
+    sizes = {"channels": 3, "hidden": 5, "dropout": 0.5}
+    model = build_model(name, input_shape, num_classes, **sizes)
+    inputs = torch.randn(3, *input_shape)
+    targets = torch.arange(3) % num_classes
+    loss = backward(model, nn.CrossEntropyLoss(), inputs, targets)
+    assert torch.isfinite(loss)
+    for parameter in model.parameters():
+        assert parameter.grad is not None
+        assert parameter.hessian_diag.shape == parameter.shape
+        assert torch.isfinite(parameter.hessian_diag).all()

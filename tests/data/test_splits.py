@@ -132,3 +132,29 @@ def test_tensor_split_checks_shapes():
     image, label = split[1]
     assert image.shape == (1, 2, 2)
     assert label.item() == 1
+
+
+def test_validation_fraction_leaving_no_train():
+    with pytest.raises(ValueError, match="leaves none for training"):
+        load_dataset("digits", classes=2, validation=0.999)
+
+
+def test_classes_absent_from_train(tmp_path, idx_arrays, write_idx_set):
+    # Train labels cover only classes 0..4, so classes 5 and 6 have no examples.
+    idx_arrays["train-labels"] %= 5
+    write_idx_set(tmp_path / "idx", idx_arrays)
+    with pytest.raises(ValueError, match="no training examples of the chosen classes"):
+        load_dataset("mnist", tmp_path / "idx", classes=[5, 6])
+
+
+def test_classes_by_name_match_ids():
+    by_name = load_dataset("digits", classes=["7", "2"])
+    by_id = load_dataset("digits", classes=[7, 2])
+    assert by_name.class_names == ["7", "2"]
+    torch.testing.assert_close(by_name.train.targets, by_id.train.targets)
+    torch.testing.assert_close(by_name.test.inputs, by_id.test.inputs)
+
+
+def test_unknown_class_name_lists_classes():
+    with pytest.raises(ValueError, match="class 'seven' .* its classes are 0, 1, 2"):
+        load_dataset("digits", classes=["seven", "1"])

@@ -49,7 +49,8 @@ class Chain:
             rule.check()
             self.rules.append(rule)
             return
-        children = list(module.named_children())
+        # Not named_children(): it hides a module registered twice.
+        children = [(n, c) for n, c in module._modules.items() if c is not None]
         if not children:
             raise UnsupportedModelError(
                 f"module {path or '<model>'!r} ({type(module).__name__}) is not "

@@ -9,8 +9,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-# Largest one-hot block (entries) pushed through one batched Hessian-vector product.
-_EXACT_BLOCK_ENTRIES = 1 << 22
+# Largest block of vectors (entries) pushed through one batched Hessian-vector
+# product.
+_BLOCK_ENTRIES = 1 << 22
+_MAX_BLOCK_VECTORS = 256
 
 
 def hutchinson_diagonal(
@@ -21,8 +23,9 @@ def hutchinson_diagonal(
 ) -> list[Tensor]:
     """Return ``mean_s v_s ∘ (H v_s)`` over ``samples`` Rademacher vectors ``v_s``.
 
-    Unbiased for ``diag(H)`` because ``E[v vᵀ] = I``; ``v`` covers all parameters
-    at once, so each sample costs one Hessian-vector product.
+    Unbiased for ``diag(H)`` because ``E[v vᵀ] = I``; each ``v`` covers all
+    parameters at once, so a sample costs one Hessian-vector product. Samples are
+    pushed through autograd in blocks with ``is_grads_batched``.
     """
     active = [
         i for i, grad in enumerate(grads) if grad is not None and grad.requires_grad
@@ -30,18 +33,25 @@ def hutchinson_diagonal(
     estimates = [
         torch.zeros_like(p, memory_format=torch.contiguous_format) for p in params
     ]
-    for _ in range(samples):
-        vectors = [_rademacher(params[i], generator) for i in active]
+    total = sum(params[i].numel() for i in active)
+    block = max(1, min(samples, _MAX_BLOCK_VECTORS, _BLOCK_ENTRIES // max(total, 1)))
+    for start in range(0, samples, block):
+        count = min(block, samples - start)
+        vectors = [
+            _rademacher((count, *params[i].shape), params[i], generator) for i in active
+        ]
         products = torch.autograd.grad(
             [grads[i] for i in active],
             [params[i] for i in active],
-            vectors,
+            vectors if count > 1 else [v[0] for v in vectors],
             retain_graph=True,
             allow_unused=True,
+            is_grads_batched=count > 1,
         )
         for i, vector, product in zip(active, vectors, products, strict=True):
             if product is not None:
-                estimates[i].add_(vector * product.detach())
+                product = product.detach().view(count, *params[i].shape)
+                estimates[i].add_((vector * product).sum(0))
     return [estimate / samples for estimate in estimates]
 
 
@@ -58,7 +68,7 @@ def exact_diagonal(
         diagonal = torch.zeros(param.numel(), dtype=param.dtype, device=param.device)
         if grad is not None and grad.requires_grad:
             numel = param.numel()
-            block = max(1, min(numel, _EXACT_BLOCK_ENTRIES // numel))
+            block = max(1, min(numel, _BLOCK_ENTRIES // numel))
             for start in range(0, numel, block):
                 index = torch.arange(
                     start, min(start + block, numel), device=param.device
@@ -83,8 +93,10 @@ def exact_diagonal(
     return diagonals
 
 
-def _rademacher(like: Tensor, generator: torch.Generator | None) -> Tensor:
+def _rademacher(
+    shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None
+) -> Tensor:
     bits = torch.randint(
-        0, 2, like.shape, generator=generator, device=like.device, dtype=like.dtype
+        0, 2, shape, generator=generator, device=like.device, dtype=like.dtype
     )
     return bits * 2 - 1

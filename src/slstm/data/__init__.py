@@ -20,12 +20,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from slstm.data.batching import batch_iterator, evaluation_batches
+from slstm.data.cifar import CIFAR10_CLASSES
+from slstm.data.digits import DIGITS_CLASSES
+from slstm.data.idx import FASHION_MNIST_CLASSES, MNIST_CLASSES
 from slstm.data.splits import DataError, DataSplits, RawData, TensorSplit
 
 __all__ = [
@@ -56,7 +61,8 @@ class DatasetSpec:
         default_dir: where the files are when ``data_dir`` is None, or None when
             the user must name a directory (or no files are needed).
         input_shape: ``(C, H, W)``; None when it depends on ``image_size``.
-        num_classes: classes in the full data set; None when read from disk.
+        class_names: the classes of the full data set, in label order; None
+            when they are read from disk (the folder names of an image folder).
         fix: how to obtain the files, appended to every DataError.
     """
 
@@ -65,8 +71,13 @@ class DatasetSpec:
     files: str
     default_dir: str | None
     input_shape: tuple[int, int, int] | None
-    num_classes: int | None
+    class_names: tuple[str, ...] | None
     fix: str
+
+    @property
+    def num_classes(self) -> int | None:
+        """Number of classes in the full data set, or None when read from disk."""
+        return None if self.class_names is None else len(self.class_names)
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -80,7 +91,7 @@ DATASETS: dict[str, DatasetSpec] = {
             "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz",
             default_dir=FASHION_MNIST_DIR,
             input_shape=(1, 28, 28),
-            num_classes=10,
+            class_names=tuple(FASHION_MNIST_CLASSES),
             fix="install the files with `apt-get install dataset-fashion-mnist` "
             f"(they go to {FASHION_MNIST_DIR}) or pass --data-dir DIR with the "
             "four IDX files",
@@ -92,7 +103,7 @@ DATASETS: dict[str, DatasetSpec] = {
             "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz",
             default_dir=None,
             input_shape=(1, 28, 28),
-            num_classes=10,
+            class_names=tuple(MNIST_CLASSES),
             fix="put the four MNIST IDX files (gzipped or not) in one directory "
             "and pass it with --data-dir DIR",
         ),
@@ -103,7 +114,7 @@ DATASETS: dict[str, DatasetSpec] = {
             "version'), extracted or as cifar-10-python.tar.gz",
             default_dir=None,
             input_shape=(3, 32, 32),
-            num_classes=10,
+            class_names=tuple(CIFAR10_CLASSES),
             fix="download cifar-10-python.tar.gz (the 'CIFAR-10 python version') "
             "and pass it, or the directory it extracts to, with --data-dir",
         ),
@@ -113,7 +124,7 @@ DATASETS: dict[str, DatasetSpec] = {
             files="train/<class>/*.jpg|png and val/<class>/*.jpg|png",
             default_dir=None,
             input_shape=None,
-            num_classes=None,
+            class_names=None,
             fix="pass --data-dir DIR where DIR/train and DIR/val contain one "
             "folder of JPEG or PNG images per class",
         ),
@@ -124,7 +135,7 @@ DATASETS: dict[str, DatasetSpec] = {
             files="none (shipped with scikit-learn)",
             default_dir=None,
             input_shape=(1, 8, 8),
-            num_classes=10,
+            class_names=tuple(DIGITS_CLASSES),
             fix="reinstall scikit-learn",
         ),
     ]
@@ -153,14 +164,10 @@ def _data_dir(spec: DatasetSpec, data_dir) -> Path:
 
 def _read_raw(spec: DatasetSpec, data_dir) -> RawData:
     if spec.name in ("fashion-mnist", "mnist"):
-        from slstm.data.idx import (
-            FASHION_MNIST_CLASSES,
-            MNIST_CLASSES,
-            read_idx_dataset,
-        )
+        from slstm.data.idx import read_idx_dataset
 
-        names = FASHION_MNIST_CLASSES if spec.name == "fashion-mnist" else MNIST_CLASSES
-        return read_idx_dataset(_data_dir(spec, data_dir), list(names), fix=spec.fix)
+        path = _data_dir(spec, data_dir)
+        return read_idx_dataset(path, list(spec.class_names), fix=spec.fix)
     if spec.name == "cifar10":
         from slstm.data.cifar import read_cifar10
 
@@ -170,6 +177,45 @@ def _read_raw(spec: DatasetSpec, data_dir) -> RawData:
 
         return read_digits()
     raise AssertionError(f"no in-memory reader for {spec.name!r}")
+
+
+# The raw arrays of the last data sets read, so that repeated runs in one process
+# (an experiment training one network per optimizer) decode the files once.
+_RAW_CACHE: OrderedDict[tuple, RawData] = OrderedDict()
+_RAW_CACHE_SIZE = 2
+
+
+def _file_state(path: Path) -> tuple:
+    """Return (name, size, mtime) of ``path`` or of the files up to two levels in."""
+    if path.is_file():
+        stat = path.stat()
+        return ((str(path), stat.st_size, stat.st_mtime_ns),)
+    state = []
+    for folder in [path, *(p for p in sorted(path.iterdir()) if p.is_dir())]:
+        for entry in sorted(folder.iterdir()):
+            if entry.is_file():
+                stat = entry.stat()
+                state.append((str(entry), stat.st_size, stat.st_mtime_ns))
+    return tuple(state)
+
+
+def _read_raw_cached(spec: DatasetSpec, data_dir) -> RawData:
+    key: tuple = (spec.name,)
+    if spec.name != "digits":
+        path = _data_dir(spec, data_dir)
+        if not path.exists():
+            return _read_raw(spec, data_dir)  # raises the reader's DataError
+        key += (str(path.resolve()), _file_state(path))
+    if key in _RAW_CACHE:
+        _RAW_CACHE.move_to_end(key)
+        return _RAW_CACHE[key]
+    raw = _read_raw(spec, data_dir)
+    for array in (raw.train_images, raw.train_labels, raw.test_images, raw.test_labels):
+        array.flags.writeable = False  # shared by later calls, so never modified
+    _RAW_CACHE[key] = raw
+    while len(_RAW_CACHE) > _RAW_CACHE_SIZE:
+        _RAW_CACHE.popitem(last=False)
+    return raw
 
 
 def load_dataset(
@@ -190,8 +236,8 @@ def load_dataset(
         data_dir: the directory (or, for ``cifar10``, the ``.tar.gz``); None uses
             the data set's default location (Fashion-MNIST only).
         classes: None for all classes, an int ``k`` for the first ``k``, or a
-            sequence of class ids. The chosen classes are relabelled ``0..k-1``
-            in the order given.
+            sequence of class ids or class names. The chosen classes are
+            relabelled ``0..k-1`` in the order given.
         validation: a count, or a fraction in ``[0, 1)``, of the (class-subset)
             training examples held out as the validation split. Which ones is
             decided by ``seed`` alone.
@@ -206,11 +252,14 @@ def load_dataset(
     Returns:
         :class:`DataSplits`. In-memory splits are :class:`TensorSplit` whose
         inputs are float32 ``(N, C, H, W)``, normalised per channel with the mean
-        and std of the train split after the validation split is removed.
+        and std of the train split after the validation split is removed. The
+        arrays read from the files of the last two in-memory data sets are kept
+        for the next call, until a file's size or modification time changes.
 
     Raises:
-        DataError: a file is missing, corrupt or inconsistent. Every file is
-            checked before anything is returned.
+        DataError: a file is missing, corrupt or inconsistent. The in-memory
+            sets check every file before returning anything. An image folder
+            checks its layout at once and each image when it is decoded.
         ValueError: an argument is invalid (unknown name, bad class subset,
             validation too large).
     """
@@ -232,34 +281,44 @@ def load_dataset(
             num_workers=num_workers,
             fix=spec.fix,
         )
-    raw = _read_raw(spec, data_dir)
+    raw = _read_raw_cached(spec, data_dir)
     return finish_in_memory(
         spec.name, raw, classes=classes, validation=validation, seed=seed, device=device
     )
 
 
 def parse_classes(text: str):
-    """Parse ``--classes``: ``"5"`` (the first 5), ``"0,2,4"`` or ``"0-4"``.
+    """Parse ``--classes``: a count (``"5"``), ids (``"0,2,4"``), ranges (``"0-4"``)
+    or class names (``"Sneaker,Bag"``), mixed freely after the count form.
 
-    Returns an int or a list of ints, as :func:`load_dataset` takes them.
+    Returns an int, or a list of ints and names, as :func:`load_dataset` takes
+    them. A name is any entry that is not an int or a range of ints, so names
+    with dashes such as ``T-shirt/top`` work.
     """
     text = text.strip()
-    try:
-        if text.isdigit():
-            return int(text)
-        chosen = []
-        for part in text.split(","):
-            first, dash, last = part.strip().partition("-")
-            if dash:
-                chosen.extend(range(int(first), int(last) + 1))
-            else:
-                chosen.append(int(first))
-        return chosen
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"invalid class list {text!r}; write a count (5), ids (0,2,4) or a "
-            "range (0-4)"
-        ) from None
+    if text.isdigit():
+        return int(text)
+    chosen: list[int | str] = []
+    for part in text.split(","):
+        part = part.strip()
+        range_match = re.fullmatch(r"(\d+)-(\d+)", part)
+        if not part:
+            raise argparse.ArgumentTypeError(
+                f"invalid class list {text!r}: an entry is empty; write a count "
+                "(5), ids (0,2,4), a range (0-4) or class names (Sneaker,Bag)"
+            )
+        if part.isdigit():
+            chosen.append(int(part))
+        elif range_match:
+            first, last = int(range_match[1]), int(range_match[2])
+            if last < first:
+                raise argparse.ArgumentTypeError(
+                    f"invalid class range {part!r}: the end is below the start"
+                )
+            chosen.extend(range(first, last + 1))
+        else:
+            chosen.append(part)
+    return chosen
 
 
 def _parse_validation(text: str):
@@ -303,8 +362,9 @@ def add_data_arguments(parser: argparse.ArgumentParser, *, default="fashion-mnis
         type=parse_classes,
         default=None,
         metavar="LIST",
-        help="use only these classes, relabelled 0..k-1: a count (5 = the first "
-        "five), ids (0,2,4) or a range (0-4); default: all",
+        help="use only these classes, relabelled 0..k-1 in the order given: a "
+        "count (5 = the first five), ids (0,2,4), a range (0-4) or class names "
+        "(Sneaker,Bag); default: all",
     )
     group.add_argument(
         "--validation",

@@ -6,9 +6,9 @@ import numbers
 from collections.abc import Iterator
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
-from slstm.data.splits import TensorSplit
+from slstm.data.splits import DataError, TensorSplit
 
 
 def _check_batch_size(batch_size, size: int, drop_last: bool) -> int:
@@ -108,7 +108,10 @@ def _tensor_batches(split, batch_size, generator, device, drop_last):
         order = _permutation(size, generator).to(split.device)
         for start in range(0, stop, batch_size):
             index = order[start : start + batch_size]
-            inputs, targets = split.inputs[index], split.targets[index]
+            # On CPU, index_select copied 64 rows of 784 floats about 2x faster than
+            # x[index] (torch 2.13.0, 2-core AMD EPYC).
+            inputs = split.inputs.index_select(0, index)
+            targets = split.targets.index_select(0, index)
             if inputs.device != device:
                 inputs = inputs.to(device, non_blocking=True)
                 targets = targets.to(device, non_blocking=True)
@@ -119,20 +122,60 @@ def _split_device(split) -> torch.device:
     return torch.device(getattr(split, "device", "cpu"))
 
 
-def _streamed_batches(split, batch_size, generator, device, drop_last, num_workers):
-    sampler = _EndlessBatchSampler(len(split), batch_size, generator, drop_last)
+class _ReturnDataErrors(Dataset):
+    """A view of ``dataset`` that returns a DataError instead of raising it."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        try:
+            return self.dataset[index]
+        except DataError as error:
+            return error
+
+
+def _collate_or_error(items):
+    for item in items:
+        if isinstance(item, DataError):
+            return item
+    return default_collate(items)
+
+
+def load_batches(
+    dataset: Dataset, *, num_workers: int, device: torch.device, **loader_options
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield the batches of a ``DataLoader`` over ``dataset``, moved to ``device``.
+
+    A DataError raised while decoding an example is re-raised here unchanged.
+    Workers hand it back as a value instead of raising it, because a worker that
+    raised makes the ``DataLoader`` wait 5 s to shut down (seen with torch 2.13.0).
+    """
     loader = DataLoader(
-        split,
-        batch_sampler=sampler,
+        _ReturnDataErrors(dataset),
         num_workers=num_workers,
+        collate_fn=_collate_or_error,
         pin_memory=device.type == "cuda",
-        persistent_workers=False,
+        **loader_options,
     )
-    for inputs, targets in loader:
+    for batch in loader:
+        if isinstance(batch, DataError):
+            raise batch
+        inputs, targets = batch
         yield (
             inputs.to(device, non_blocking=True),
             targets.to(device, non_blocking=True),
         )
+
+
+def _streamed_batches(split, batch_size, generator, device, drop_last, num_workers):
+    sampler = _EndlessBatchSampler(len(split), batch_size, generator, drop_last)
+    yield from load_batches(
+        split, num_workers=num_workers, device=device, batch_sampler=sampler
+    )
 
 
 def evaluation_batches(
@@ -144,29 +187,24 @@ def evaluation_batches(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield the whole split once, in order, in batches of up to ``batch_size``.
 
-    For computing test loss and error: every example appears exactly once and the
-    last batch may be smaller.
+    Meant for test loss and error: each example is in exactly one batch, and the
+    last batch may be smaller. ``device`` and ``num_workers`` work as in
+    :func:`batch_iterator`.
     """
     batch_size = _check_batch_size(batch_size, len(split), drop_last=False)
     if isinstance(split, TensorSplit):
-        device = torch.device(device) if device is not None else split.device
-        for start in range(0, len(split), batch_size):
-            inputs = split.inputs[start : start + batch_size].to(device)
-            yield inputs, split.targets[start : start + batch_size].to(device)
-        return
+        target = torch.device(device) if device is not None else split.device
+        return _tensor_slices(split, batch_size, target)
     workers = (
         num_workers if num_workers is not None else getattr(split, "num_workers", 0)
     )
-    device = torch.device(device) if device is not None else _split_device(split)
-    loader = DataLoader(
-        split,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
+    target = torch.device(device) if device is not None else _split_device(split)
+    return load_batches(
+        split, num_workers=workers, device=target, batch_size=batch_size
     )
-    for inputs, targets in loader:
-        yield (
-            inputs.to(device, non_blocking=True),
-            targets.to(device, non_blocking=True),
-        )
+
+
+def _tensor_slices(split, batch_size, device):
+    for start in range(0, len(split), batch_size):
+        inputs = split.inputs[start : start + batch_size].to(device)
+        yield inputs, split.targets[start : start + batch_size].to(device)

@@ -135,47 +135,53 @@ def _check_batch(batch: dict, source: str, fix: str) -> tuple[np.ndarray, np.nda
     if missing:
         raise DataError(
             f"{source}: the batch has no {' or '.join(map(repr, missing))} entry "
-            f"(keys: {sorted(batch)}); {fix}"
+            f"(keys: {sorted(map(str, batch))}); {fix}"
         )
-    data, labels = batch["data"], batch["labels"]
+    images = _check_images(batch["data"], source, fix)
+    labels = _check_labels(batch["labels"], source, fix)
+    if len(labels) != len(images):
+        raise DataError(
+            f"{source}: {len(images)} images but {len(labels)} labels; the counts "
+            f"must match; {fix}"
+        )
+    return images, labels
+
+
+def _check_images(data, source: str, fix: str) -> np.ndarray:
     row = int(np.prod(IMAGE_SHAPE))
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2:
-        described = (
-            f"a {data.dtype} array of shape {data.shape}"
-            if isinstance(data, np.ndarray)
-            else type(data).__name__
-        )
+        if isinstance(data, np.ndarray):
+            found = f"a {data.dtype} array of shape {data.shape}"
+        else:
+            found = type(data).__name__
         raise DataError(
-            f"{source}: 'data' must be a uint8 array (N, {row}), found {described}; "
-            f"{fix}"
+            f"{source}: 'data' must be a uint8 array (N, {row}), found {found}; {fix}"
         )
     if data.shape[1] != row:
         raise DataError(
             f"{source}: 'data' rows have {data.shape[1]} values, expected {row} "
             f"(3x32x32); {fix}"
         )
+    return data.reshape(-1, *IMAGE_SHAPE)
+
+
+def _check_labels(labels, source: str, fix: str) -> np.ndarray:
     try:
         labels = np.asarray(labels)
     except (ValueError, TypeError) as exc:
         raise DataError(
             f"{source}: 'labels' is not a list of ints ({exc}); {fix}"
         ) from exc
-    if labels.ndim != 1 or (
-        labels.size and not np.issubdtype(labels.dtype, np.integer)
-    ):
+    is_integer = np.issubdtype(labels.dtype, np.integer)
+    if labels.ndim != 1 or (labels.size and not is_integer):
         raise DataError(f"{source}: 'labels' must be a list of ints; {fix}")
-    if len(labels) != len(data):
-        raise DataError(
-            f"{source}: {len(data)} images but {len(labels)} labels; the counts "
-            f"must match; {fix}"
-        )
     bad = np.flatnonzero((labels < 0) | (labels >= len(CIFAR10_CLASSES)))
     if bad.size:
         raise DataError(
             f"{source}: label {labels[bad[0]]} at index {bad[0]} is out of range "
             f"0..{len(CIFAR10_CLASSES) - 1}; {fix}"
         )
-    return data.reshape(-1, *IMAGE_SHAPE), labels.astype(np.int64)
+    return labels.astype(np.int64)
 
 
 def _class_names(meta: bytes | None, source: str, fix: str) -> list[str]:
@@ -275,7 +281,7 @@ def read_cifar10(path: str | os.PathLike, *, fix: str) -> RawData:
     Every batch is unpickled and checked before anything is returned.
 
     Raises:
-        DataError: a batch is missing, not a CIFAR-10 batch, truncated, holds
+        DataError: a batch is missing, not a CIFAR-10 batch, truncated, contains
             labels out of 0..9, or has different image and label counts.
     """
     source = _open_source(Path(path), fix)

@@ -93,7 +93,8 @@ def read_idx(path: str | os.PathLike, magic: int, *, fix: str = "") -> np.ndarra
 
     Raises:
         DataError: the file is missing or unreadable, has another magic number,
-            is shorter or longer than its header says.
+            or is shorter or longer than its header
+            declares.
     """
     path = Path(path)
     data = _read_bytes(path, fix)

@@ -126,7 +126,8 @@ def resolve_classes(classes, class_names: Sequence[str]) -> list[int]:
     """Return the chosen original class ids, in the order of their new labels.
 
     ``classes`` is None (all classes), an int ``k`` (the first ``k`` classes) or a
-    sequence of distinct class ids; the i-th chosen id becomes label ``i``.
+    sequence of distinct class ids or class names. The i-th chosen class becomes
+    label ``i``.
     """
     total = len(class_names)
     if classes is None:
@@ -147,6 +148,14 @@ def resolve_classes(classes, class_names: Sequence[str]) -> list[int]:
         )
     chosen = []
     for c in classes:
+        if isinstance(c, str):
+            if c not in class_names:
+                raise ValueError(
+                    f"class {c!r} in classes={list(classes)} is not a class of this "
+                    f"data set; its classes are {_first_names(class_names)}"
+                )
+            chosen.append(class_names.index(c))
+            continue
         if isinstance(c, bool) or not isinstance(c, numbers.Integral):
             raise ValueError(f"class id {c!r} in classes={classes!r} is not an int")
         if not 0 <= c < total:
@@ -163,6 +172,13 @@ def resolve_classes(classes, class_names: Sequence[str]) -> list[int]:
             "a classifier needs at least two"
         )
     return chosen
+
+
+def _first_names(class_names: Sequence[str], limit: int = 10) -> str:
+    shown = ", ".join(class_names[:limit])
+    if len(class_names) > limit:
+        shown += f", ... ({len(class_names)} in all)"
+    return shown
 
 
 def select_classes(labels: np.ndarray, chosen: Sequence[int]) -> tuple:
@@ -195,7 +211,13 @@ def validation_size(validation, train_size: int) -> int:
                 f"validation={validation} is out of range: a fraction must be in "
                 "[0, 1), or pass an int count"
             )
-        return int(round(validation * train_size))
+        count = int(round(validation * train_size))
+        if count >= train_size:
+            raise ValueError(
+                f"validation={validation} of {train_size} training examples leaves "
+                "none for training; use a smaller fraction"
+            )
+        return count
     raise ValueError(
         f"validation must be an int count or a float fraction, got {validation!r}"
     )
@@ -217,8 +239,8 @@ def split_validation(train_size: int, count: int, seed: int) -> tuple:
 def channel_statistics(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Return per-channel mean and std ``(C,)`` of images ``(N, C, H, W)`` in [0, 1].
 
-    Accumulates in float64 one channel at a time, so a uint8 array is never
-    copied whole into floats.
+    Converts one channel at a time to float64, so a large uint8 array needs at
+    most one channel's worth of extra memory.
     """
     scale = 255.0 if images.dtype == np.uint8 else 1.0
     means, stds = [], []
@@ -227,7 +249,7 @@ def channel_statistics(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         means.append(channel.mean())
         stds.append(channel.std())
     mean = np.asarray(means)
-    # A constant channel would divide by zero; leave it unscaled instead.
+    # A constant channel would divide by zero, so it is left unscaled instead.
     std = np.where(np.asarray(stds) > 1e-8, stds, 1.0)
     return mean, std
 
@@ -256,6 +278,11 @@ def finish_in_memory(
     chosen = resolve_classes(classes, raw.class_names)
     train_idx, train_labels = select_classes(raw.train_labels, chosen)
     test_idx, test_labels = select_classes(raw.test_labels, chosen)
+    if len(train_idx) == 0:
+        raise ValueError(
+            f"{name} has no training examples of the chosen classes {chosen}; "
+            "choose other classes"
+        )
     count = validation_size(validation, len(train_idx))
     keep, held_out = split_validation(len(train_idx), count, seed)
 

@@ -1,0 +1,215 @@
+"""PNG plots of an experiment, drawn with matplotlib's Agg backend (no display).
+
+Every curve is the mean over seeds with a band of ± one sample standard
+deviation. A mean curve ends at the first step where any seed diverged, and each
+divergence is marked with an ``x`` at the top of the axes at its step.
+"""
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib import ticker  # noqa: E402
+
+from .presets import DISPLAY_NAMES, OPTIMIZER_NAMES  # noqa: E402
+from .stats import aligned_curves, aligned_minibatch_losses  # noqa: E402
+from .summary import sensitivity_runs  # noqa: E402
+
+COLORS = {
+    "sgd": "tab:gray",
+    "rmsprop": "tab:green",
+    "adam": "tab:blue",
+    "diagonal-newton": "tab:purple",
+    "lstm": "tab:orange",
+    "slstm": "tab:red",
+}
+DPI = 120
+
+
+def plot_results(record, out_dir):
+    """Draw every plot of ``record`` into ``out_dir``; return the PNG paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [
+        plot_loss(record, out_dir / "loss.png"),
+        plot_test_error(record, out_dir / "test_error.png"),
+    ]
+    if sensitivity_runs(record):
+        paths.append(plot_lr_sensitivity(record, out_dir / "lr_sensitivity.png"))
+    if record.runs_of("horizon"):
+        paths.append(plot_horizon(record, out_dir / "horizon.png"))
+    return paths
+
+
+def plot_loss(record, path):
+    """Plot minibatch loss per step and training-subset loss against steps."""
+    fig, (ax_batch, ax_eval) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for name in _ordered(record.optimizers("main")):
+        runs = record.runs_of("main", name)
+        steps, values = aligned_minibatch_losses(runs)
+        _band(ax_batch, steps, values, name)
+        steps, values = aligned_curves(runs, "train_loss")
+        _band(ax_eval, steps, values, name, marker=".")
+        for ax in (ax_batch, ax_eval):
+            _mark_divergence(ax, runs, name)
+    ax_batch.set_title("minibatch loss (before each update)")
+    ax_eval.set_title(f"loss on {record.setup['data']['train_eval']} training images")
+    for ax in (ax_batch, ax_eval):
+        ax.set_xlabel("step")
+        _log_scale_if_positive(ax)
+        ax.grid(True, which="both", alpha=0.3)
+    ax_batch.set_ylabel("cross-entropy loss")
+    ax_eval.legend(loc="upper right", fontsize="small")
+    fig.suptitle(_title(record))
+    return _save(fig, path)
+
+
+def plot_test_error(record, path):
+    """Plot the test error (percent) against steps."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for name in _ordered(record.optimizers("main")):
+        runs = record.runs_of("main", name)
+        steps, values = aligned_curves(runs, "test_error")
+        _band(ax, steps, 100 * values, name, marker=".")
+        _mark_divergence(ax, runs, name)
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"test error on {record.setup['data']['test_eval']} images (%)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper right", fontsize="small")
+    ax.set_title(_title(record), fontsize="medium")
+    return _save(fig, path)
+
+
+def plot_lr_sensitivity(record, path):
+    """Plot the final training loss against the learning-rate multiplier."""
+    runs = sensitivity_runs(record)
+    final_step = record.config["steps"]
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for name in _ordered({run.optimizer for run in runs}):
+        group = [run for run in runs if run.optimizer == name]
+        multipliers = sorted({run.lr_multiplier for run in group})
+        means, stds, kept, diverged = [], [], [], []
+        for multiplier in multipliers:
+            at = [run for run in group if run.lr_multiplier == multiplier]
+            if any(run.diverged for run in at):
+                diverged.append(multiplier)
+            losses = [run.train_loss_at(final_step) for run in at if not run.diverged]
+            if losses:
+                kept.append(multiplier)
+                means.append(np.mean(losses))
+                stds.append(np.std(losses, ddof=1) if len(losses) > 1 else 0.0)
+        color = COLORS.get(name)
+        ax.errorbar(
+            kept,
+            means,
+            yerr=stds,
+            marker="o",
+            capsize=3,
+            color=color,
+            label=_label(name),
+        )
+        if diverged:
+            ax.plot(
+                diverged,
+                [0.97] * len(diverged),
+                "x",
+                color=color,
+                markersize=9,
+                transform=ax.get_xaxis_transform(),
+            )
+    ax.set_xscale("log")
+    _log_scale_if_positive(ax)
+    ax.set_xlabel("learning-rate multiplier (learned optimizers: output multiplier)")
+    ax.set_ylabel(f"train loss at step {final_step}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize="small")
+    ax.set_title("learning-rate sensitivity (x: a seed diverged)", fontsize="medium")
+    return _save(fig, path)
+
+
+def plot_horizon(record, path):
+    """Plot the training-subset loss of the long runs and the meta-training horizon."""
+    horizon = record.setup["horizon"]
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for name in _ordered(record.optimizers("horizon")):
+        runs = record.runs_of("horizon", name)
+        steps, values = aligned_curves(runs, "train_loss")
+        _band(ax, steps, values, name)
+        _mark_divergence(ax, runs, name)
+    _log_scale_if_positive(ax)
+    ax.axvline(horizon["meta_horizon"], color="black", linestyle=":", linewidth=1)
+    ax.set_xlabel("step (dotted: meta-training horizon)")
+    ax.set_ylabel(f"loss on {record.setup['data']['train_eval']} training images")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize="small")
+    ax.set_title(
+        f"{horizon['steps']} steps, {horizon['factor']}× the meta-training horizon",
+        fontsize="medium",
+    )
+    return _save(fig, path)
+
+
+def _band(ax, steps, values, name, marker=None):
+    if len(steps) == 0:
+        return
+    mean = values.mean(axis=0)
+    std = values.std(axis=0, ddof=1) if values.shape[0] > 1 else np.zeros_like(mean)
+    color = COLORS.get(name)
+    ax.plot(steps, mean, color=color, label=_label(name), marker=marker, markersize=3)
+    ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
+
+
+def _mark_divergence(ax, runs, name):
+    steps = [run.diverged_at for run in runs if run.diverged]
+    if steps:
+        ax.plot(
+            steps,
+            [0.97] * len(steps),
+            "x",
+            color=COLORS.get(name),
+            markersize=9,
+            transform=ax.get_xaxis_transform(),
+        )
+
+
+def _log_scale_if_positive(ax):
+    # A log axis spreads the late, small losses where optimizers differ most;
+    # it needs every plotted value to be positive.
+    lows = [line.get_ydata() for line in ax.get_lines() if len(line.get_ydata())]
+    lows = [np.min(y) for y in lows if np.issubdtype(np.asarray(y).dtype, np.number)]
+    if lows and min(lows) > 0:
+        ax.set_yscale("log")
+        # Plain numbers (0.5, 1, 2) read better than powers of ten here.
+        label = ticker.FuncFormatter(lambda value, _: f"{value:g}")
+        ax.yaxis.set_major_formatter(label)
+        ax.yaxis.set_minor_formatter(label)
+
+
+def _label(name):
+    return DISPLAY_NAMES.get(name, name)
+
+
+def _title(record):
+    setup = record.setup
+    return (
+        f"{record.config['preset']} ({setup['scale']} scale): "
+        f"{setup['model']['name']}, "
+        f"mean ± std over {len(setup['seeds'])} seeds"
+    )
+
+
+def _ordered(names):
+    names = list(names)
+    return [n for n in OPTIMIZER_NAMES if n in names] + sorted(
+        n for n in names if n not in OPTIMIZER_NAMES
+    )
+
+
+def _save(fig, path):
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,453 @@
+"""The experiment runner: tune, train every optimizer on every seed, record, plot.
+
+``run_experiment`` composes the other subpackages:
+
+1. ``slstm.data`` reads the preset's data set and carves a validation split;
+2. ``slstm.optim`` provides the baselines and loads the learned optimizers from
+   checkpoints, or ``slstm.meta.meta_train`` meta-trains them first;
+3. ``slstm.meta.search.tune_learning_rate`` picks each baseline's learning rate
+   by the validation loss;
+4. every optimizer trains the preset network from the same initialisation on
+   the same minibatches within each seed (``training.train_run``);
+5. the records, plots and summary go to the output directory.
+"""
+
+import dataclasses
+import datetime
+import math
+import platform
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import records
+from .learned import load_learned_optimizers, meta_horizon
+from .plots import plot_results
+from .presets import (
+    BASELINES,
+    LEARNED,
+    OPTIMIZER_NAMES,
+    STUDIES,
+    TRANSFER_MODELS,
+    get_preset,
+    resolve_scale,
+)
+from .studies import (
+    RunContext,
+    choose_learning_rates,
+    run_comparison,
+    run_horizon,
+    run_lr_sensitivity,
+)
+from .summary import format_main_table, render_summary
+from .training import EvalSets, evaluation_steps
+
+DEFAULT_LR_MULTIPLIERS = (0.1, 0.3, 1.0, 3.0, 10.0)
+# Fixed seed of the validation split and of the evaluation subsets, so every
+# seed of an experiment is scored on the same images.
+SPLIT_SEED = 0
+
+
+@dataclass
+class ExperimentConfig:
+    """Every option of ``slstm experiment``; saved as config.json.
+
+    Attributes:
+        preset: a ``PRESETS`` name.
+        scale: "auto", "small" or "full" (see ``resolve_scale``).
+        data: data set overriding the preset's (a ``slstm.data.DATASETS`` name).
+        data_dir: directory of the data set's files (None: its default place).
+        out: output directory (None: a new folder under ``runs/``).
+        steps: update steps of every run of the comparison.
+        seeds: number of seeds, ``first_seed .. first_seed + seeds - 1``.
+        first_seed: first seed.
+        batch_size: minibatch size (None: the scale's).
+        eval_every: steps between evaluations of the training subset and test set.
+        device: "auto", "cpu" or "cuda".
+        optimizers: registry names of the optimizers to compare.
+        lstm_checkpoint, slstm_checkpoint: shipped checkpoint name or file path
+            of the learned optimizers (None: the shipped Fashion-MNIST ones, or
+            meta-training where the preset requires it).
+        meta_train: meta-train LSTM and SLSTM first instead of loading checkpoints.
+        meta_episodes: meta-training episodes (None: the preset's).
+        tune_trials: random-search trials per baseline (None: the scale's; 0:
+            no tuning, the registry's default learning rates).
+        learning_rates: fixed learning rates by optimizer name; those are not tuned.
+        curvature_method: diagonal Hessian of DiagonalNewton.
+        studies: extra studies to run, from ``STUDIES``.
+        study_seeds: seeds of the extra studies (None: the scale's), the first
+            ones of the main seeds.
+        lr_multipliers: factors of the learning-rate sensitivity study.
+        horizon_factor: the horizon study runs this many times the
+            meta-training horizon.
+        model_sizes: size keywords overriding the scale's network sizes; the
+            scale's sizes are kept for keywords not given.
+        validation_size: training images held out to tune the baselines (None:
+            the scale's).
+        train_eval_size, test_eval_size: evaluation subset sizes (None: the
+            scale's; 0 for the test set means every test image).
+        image_size: side of image-folder images in pixels (None: the preset's).
+    """
+
+    preset: str = "fashion-mnist"
+    scale: str = "auto"
+    data: str | None = None
+    data_dir: str | None = None
+    out: str | None = None
+    steps: int = 100
+    seeds: int = 5
+    first_seed: int = 0
+    batch_size: int | None = None
+    eval_every: int = 5
+    device: str = "auto"
+    optimizers: tuple = OPTIMIZER_NAMES
+    lstm_checkpoint: str | None = None
+    slstm_checkpoint: str | None = None
+    meta_train: bool = False
+    meta_episodes: int | None = None
+    tune_trials: int | None = None
+    learning_rates: dict = field(default_factory=dict)
+    curvature_method: str = "becker-lecun"
+    studies: tuple = STUDIES
+    study_seeds: int | None = None
+    lr_multipliers: tuple = DEFAULT_LR_MULTIPLIERS
+    horizon_factor: int = 10
+    model_sizes: dict | None = None
+    validation_size: int | None = None
+    train_eval_size: int | None = None
+    test_eval_size: int | None = None
+    image_size: int | None = None
+
+    def validate(self):
+        """Raise ``ValueError`` naming the first invalid option and its fix."""
+        get_preset(self.preset)
+        for name in ("steps", "seeds", "eval_every", "horizon_factor"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        for name in (
+            "batch_size",
+            "meta_episodes",
+            "study_seeds",
+            "validation_size",
+            "train_eval_size",
+        ):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(
+                    f"{name} must be a positive int or None, got {value!r}"
+                )
+        if self.tune_trials is not None and self.tune_trials < 0:
+            raise ValueError(f"tune_trials must be >= 0, got {self.tune_trials}")
+        unknown = [name for name in self.optimizers if name not in OPTIMIZER_NAMES]
+        if unknown or not self.optimizers:
+            raise ValueError(
+                f"invalid optimizers {list(self.optimizers)}; choose from "
+                f"{', '.join(OPTIMIZER_NAMES)}"
+            )
+        unknown = [name for name in self.learning_rates if name not in BASELINES]
+        if unknown:
+            raise ValueError(
+                f"learning rates can be fixed only for {', '.join(BASELINES)}, "
+                f"got {unknown}; scale a learned optimizer with --lr-multipliers"
+            )
+        for name, lr in self.learning_rates.items():
+            if not (isinstance(lr, int | float) and lr > 0 and math.isfinite(lr)):
+                raise ValueError(f"learning rate of {name} must be > 0, got {lr!r}")
+        unknown = [name for name in self.studies if name not in STUDIES]
+        if unknown:
+            raise ValueError(
+                f"unknown studies {unknown}; choose from {', '.join(STUDIES)}"
+            )
+        if any(not (m > 0 and math.isfinite(m)) for m in self.lr_multipliers):
+            raise ValueError(
+                "lr_multipliers must be positive numbers, got "
+                f"{list(self.lr_multipliers)}"
+            )
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class ExperimentResult:
+    """What ``run_experiment`` returns.
+
+    Attributes:
+        out_dir: the output directory.
+        record: every measurement (``records.ExperimentRecord``).
+        files: paths of the files written.
+    """
+
+    out_dir: Path
+    record: records.ExperimentRecord
+    files: list
+
+
+def run_experiment(config, *, progress=True, command=None, log=None):
+    """Run the experiment described by ``config`` and write its records.
+
+    Args:
+        config: an ``ExperimentConfig``.
+        progress: show tqdm progress bars on stderr.
+        command: the command line, recorded in the summary.
+        log: ``log(message)`` for status lines (default: print above the bars).
+
+    Returns:
+        ``ExperimentResult``.
+    """
+    config.validate()
+    log = log or _tqdm_write
+    started = time.perf_counter()
+    timing = {}
+
+    from slstm.models import build_model, count_parameters
+    from slstm.utils import resolve_device
+
+    preset = get_preset(config.preset)
+    device = resolve_device(config.device)
+    scale, scale_reason = resolve_scale(config.scale, device)
+    settings = preset.settings(scale)
+    data_name = config.data or preset.data
+    model_name = preset.model
+    if preset.name == "transfer":
+        model_name = TRANSFER_MODELS.get(data_name, preset.model)
+    model_sizes = {**settings.model_sizes, **(config.model_sizes or {})}
+    batch_size = config.batch_size or settings.batch_size
+    seeds = list(range(config.first_seed, config.first_seed + config.seeds))
+    study_seeds = seeds[: config.study_seeds or settings.study_seeds]
+    tune_trials = (
+        settings.tune_trials if config.tune_trials is None else config.tune_trials
+    )
+
+    out_dir = _output_dir(config.out, preset.name, scale)
+    records.write_config(_config_dict(config, scale, scale_reason, device), out_dir)
+    log(f"experiment {preset.name}: scale {scale} ({scale_reason})")
+    log(f"writing to {out_dir}")
+
+    # Data and the fixed evaluation subsets.
+    phase = time.perf_counter()
+    splits = _load_data(preset, config, data_name, settings, device)
+    eval_sets = EvalSets(
+        loss_split=_fixed_subset(
+            splits.train, config.train_eval_size or settings.train_eval_size
+        ),
+        error_split=_fixed_subset(splits.test, _test_eval_size(config, settings)),
+    )
+    timing["data"] = time.perf_counter() - phase
+
+    def new_model():
+        return build_model(
+            model_name, splits.input_shape, splits.num_classes, **model_sizes
+        )
+
+    model = new_model().to(device)
+    setup = {
+        "scale": scale,
+        "scale_reason": scale_reason,
+        "device": str(device),
+        "seeds": seeds,
+        "batch_size": batch_size,
+        "eval_steps": evaluation_steps(config.steps, config.eval_every),
+        "command": command or "",
+        "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        },
+        "data": {
+            "name": splits.name,
+            "dir": str(config.data_dir or "default location"),
+            "train": len(splits.train) + len(splits.validation or ()),
+            "validation": len(splits.validation or ()),
+            "test": len(splits.test),
+            "train_eval": len(eval_sets.loss_split),
+            "test_eval": len(eval_sets.error_split),
+            "num_classes": splits.num_classes,
+            "input_shape": list(splits.input_shape),
+        },
+        "model": {
+            "name": model_name,
+            "sizes": model_sizes,
+            "parameters": count_parameters(model),
+        },
+    }
+    log(
+        f"network {model_name}({_format_sizes(model_sizes)}): "
+        f"{setup['model']['parameters']} parameters; minibatch {batch_size}; "
+        f"{config.steps} steps x {len(seeds)} seeds"
+    )
+
+    # Learned optimizers: shipped checkpoints, given files, or meta-training.
+    phase = time.perf_counter()
+    learned = load_learned_optimizers(
+        config, preset, data_name, settings, device, out_dir, progress, log
+    )
+    checkpoints = {
+        name: {
+            "source": source.source,
+            "note": source.note,
+            "provenance": dict(getattr(source.checkpoint, "provenance", {}) or {}),
+        }
+        for name, source in learned.items()
+    }
+    timing["learned optimizers"] = time.perf_counter() - phase
+
+    context = RunContext(
+        model=model,
+        new_model=new_model,
+        splits=splits,
+        batch_size=batch_size,
+        device=device,
+        eval_sets=eval_sets,
+        learned=learned,
+        curvature_method=config.curvature_method,
+    )
+
+    # Learning rates of the baselines.
+    phase = time.perf_counter()
+    learning_rates = choose_learning_rates(config, tune_trials, context, progress, log)
+    timing["tuning"] = time.perf_counter() - phase
+
+    # The comparison.
+    phase = time.perf_counter()
+    runs = run_comparison(config, seeds, learning_rates, context, progress)
+    timing["comparison"] = time.perf_counter() - phase
+
+    if "lr-sensitivity" in config.studies:
+        phase = time.perf_counter()
+        setup["lr_sensitivity"] = {
+            "seeds": study_seeds,
+            "multipliers": sorted(set(config.lr_multipliers) | {1.0}),
+        }
+        runs += run_lr_sensitivity(
+            config, study_seeds, learning_rates, context, progress
+        )
+        timing["learning-rate sensitivity"] = time.perf_counter() - phase
+
+    if "horizon" in config.studies:
+        names = [n for n in ("adam", "lstm", "slstm") if n in config.optimizers]
+        if any(name in LEARNED for name in names):
+            phase = time.perf_counter()
+            trained_horizon, source = meta_horizon(learned)
+            setup["horizon"] = {
+                "seeds": study_seeds,
+                "factor": config.horizon_factor,
+                "meta_horizon": trained_horizon,
+                "meta_horizon_source": source,
+                "steps": config.horizon_factor * trained_horizon,
+                "optimizers": names,
+            }
+            runs += run_horizon(
+                config, setup["horizon"], names, learning_rates, context, progress
+            )
+            timing["horizon"] = time.perf_counter() - phase
+        else:
+            log("horizon study skipped: no learned optimizer among --optimizers")
+
+    timing["total"] = time.perf_counter() - started
+    record = records.ExperimentRecord(
+        config=config.to_dict(),
+        setup=setup,
+        learning_rates=learning_rates,
+        checkpoints=checkpoints,
+        runs=runs,
+        timing=timing,
+    )
+    files = list(records.write_results(record, out_dir))
+    files += plot_results(record, out_dir)
+    summary_path = out_dir / records.SUMMARY_FILE
+    summary_path.write_text(render_summary(record), encoding="utf-8")
+    files.append(summary_path)
+    log("")
+    log(format_main_table(record))
+    log(f"\nscale {scale} ({scale_reason}); total {timing['total']:.0f} s")
+    log(f"results, plots and summary.md in {out_dir}")
+    return ExperimentResult(out_dir=out_dir, record=record, files=files)
+
+
+def _load_data(preset, config, data_name, settings, device):
+    from slstm.data import load_dataset
+
+    kwargs = {}
+    if data_name == "imagefolder":
+        kwargs["image_size"] = config.image_size or preset.image_size
+    return load_dataset(
+        data_name,
+        config.data_dir,
+        validation=config.validation_size or settings.validation_size,
+        seed=SPLIT_SEED,
+        device=device,
+        **kwargs,
+    )
+
+
+def _fixed_subset(split, size):
+    """Return ``size`` examples of ``split`` in a fixed shuffle (all if None)."""
+    from slstm.data import TensorSplit
+
+    if size is None or size >= len(split):
+        return split
+    generator = torch.Generator().manual_seed(SPLIT_SEED)
+    index = torch.randperm(len(split), generator=generator)[:size]
+    if isinstance(split, TensorSplit):
+        index = index.to(split.inputs.device)
+        return TensorSplit(split.inputs[index], split.targets[index])
+    return torch.utils.data.Subset(split, index.tolist())
+
+
+def _test_eval_size(config, settings):
+    if config.test_eval_size is None:
+        return settings.test_eval_size
+    return config.test_eval_size or None
+
+
+def _output_dir(out, preset_name, scale):
+    if out is not None:
+        path = Path(out)
+        if (path / records.RESULTS_FILE).exists():
+            raise FileExistsError(
+                f"{path} already holds an experiment (results.json); pass a new "
+                "directory with --out or remove the old one"
+            )
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path("runs") / f"{preset_name}-{scale}-{stamp}"
+    path, suffix = base, 1
+    while path.exists():
+        suffix += 1
+        path = base.with_name(f"{base.name}-{suffix}")
+    path.mkdir(parents=True)
+    return path
+
+
+def _config_dict(config, scale, scale_reason, device):
+    values = config.to_dict()
+    values["resolved"] = {
+        "scale": scale,
+        "scale_reason": scale_reason,
+        "device": str(device),
+    }
+    return values
+
+
+def _format_sizes(sizes):
+    return ", ".join(f"{key}={value}" for key, value in sizes.items())
+
+
+def _tqdm_write(message):
+    from tqdm.auto import tqdm
+
+    tqdm.write(message, file=sys.stdout)
+
+
+def command_line(argv=None):
+    """Return the command line as one shell-quoted string."""
+    argv = sys.argv if argv is None else argv
+    return " ".join(shlex.quote(arg) for arg in argv)

@@ -1,0 +1,295 @@
+"""``slstm meta-train``: meta-train an LSTM or SLSTM optimizer.
+
+Examples::
+
+    slstm meta-train --optimizer slstm --data fashion-mnist --net mnist_cnn \\
+        --episodes 500 --out runs/slstm
+    slstm meta-train --out runs/slstm --resume          # continue after a crash
+    torchrun --nproc-per-node 4 -m slstm meta-train ... # one process per GPU/core
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+from pathlib import Path
+
+from slstm.meta.config import META_LOSSES, OPTIMIZER_KINDS, MetaTrainConfig
+from slstm.meta.config import parse_net_sizes as _parse_net_sizes
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``slstm meta-train`` to ``parser``."""
+    from slstm.data import add_data_arguments
+
+    defaults = MetaTrainConfig()
+    parser.add_argument(
+        "--optimizer",
+        choices=OPTIMIZER_KINDS,
+        help="lstm reads the gradient; slstm also reads the diagonal Hessian "
+        f"(default: {defaults.optimizer})",
+    )
+    add_data_arguments(parser)
+
+    task = parser.add_argument_group("tasks")
+    task.add_argument(
+        "--net",
+        metavar="NAME[,NAME...]",
+        help="optimizee network(s) from slstm.models; with several, each episode "
+        f"draws one (default: {defaults.net})",
+    )
+    task.add_argument(
+        "--net-sizes",
+        type=_net_sizes,
+        metavar="NAME=VALUE,...",
+        help="network sizes, e.g. channels=16,hidden=32; VALUE may list choices "
+        "drawn per episode, e.g. channels=8|16 (default: the network's own)",
+    )
+    task.add_argument(
+        "--task-classes",
+        type=int,
+        metavar="K",
+        help="each episode trains on a random subset of K classes (default: all)",
+    )
+
+    unroll = parser.add_argument_group("episodes and unrolling")
+    unroll.add_argument(
+        "--episodes",
+        type=int,
+        help=f"episodes per process (default: {defaults.episodes})",
+    )
+    unroll.add_argument(
+        "--horizon",
+        type=int,
+        help=f"optimizee steps per episode (default: {defaults.horizon})",
+    )
+    unroll.add_argument(
+        "--unroll",
+        type=int,
+        metavar="T",
+        help=f"steps per truncation and meta-update (default: {defaults.unroll})",
+    )
+    unroll.add_argument(
+        "--batch-size",
+        type=int,
+        help=f"optimizee minibatch size (default: {defaults.batch_size})",
+    )
+    unroll.add_argument(
+        "--divergence-factor",
+        type=float,
+        help="end an episode when the loss exceeds this factor times its initial "
+        f"value (default: {defaults.divergence_factor})",
+    )
+
+    meta = parser.add_argument_group("meta-optimizer")
+    meta.add_argument(
+        "--meta-lr",
+        type=float,
+        help=f"Adam learning rate (default: {defaults.meta_lr})",
+    )
+    meta.add_argument(
+        "--clip-norm",
+        type=float,
+        help="clip the meta-gradient's L2 norm to this "
+        f"(default: {defaults.clip_norm})",
+    )
+    meta.add_argument(
+        "--meta-loss",
+        choices=META_LOSSES,
+        help="sum: sum_t w_t L_t; log: sum_t w_t log L_t "
+        f"(default: {defaults.meta_loss})",
+    )
+    meta.add_argument(
+        "--loss-weights",
+        metavar="SPEC",
+        help="w_t over a truncation: uniform, linear, last or T comma-separated "
+        f"numbers (default: {defaults.loss_weights})",
+    )
+
+    learned = parser.add_argument_group("learned optimizer")
+    learned.add_argument(
+        "--curvature-method",
+        metavar="METHOD",
+        help="diagonal Hessian method of slstm.curvature "
+        f"(default: {defaults.curvature_method})",
+    )
+    learned.add_argument(
+        "--output-scale",
+        type=float,
+        help=f"update = output_scale * LSTM output (default: {defaults.output_scale})",
+    )
+    learned.add_argument(
+        "--hidden-size",
+        type=int,
+        help=f"LSTM hidden units per layer (default: {defaults.hidden_size})",
+    )
+    learned.add_argument(
+        "--num-layers", type=int, help=f"LSTM layers (default: {defaults.num_layers})"
+    )
+    learned.add_argument(
+        "--preprocess-p",
+        type=float,
+        help=f"exponent p of the log preprocessing (default: {defaults.preprocess_p})",
+    )
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--seed", type=int, help=f"random seed (default: {defaults.seed})")
+    run.add_argument(
+        "--out",
+        metavar="DIR",
+        help=f"output folder for configuration, metrics and checkpoints "
+        f"(default: {defaults.out})",
+    )
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        default=False,
+        help="continue the run saved in --out (state/latest.pt); options not given "
+        "are taken from its config.json",
+    )
+    run.add_argument(
+        "--validate-every",
+        type=int,
+        metavar="K",
+        help="validate every K episodes, 0 to disable "
+        f"(default: {defaults.validate_every})",
+    )
+    run.add_argument(
+        "--validation-tasks",
+        type=int,
+        help="fresh networks trained per validation "
+        f"(default: {defaults.validation_tasks})",
+    )
+    run.add_argument(
+        "--validation-horizon",
+        type=int,
+        help="steps of each validation run (default: --horizon)",
+    )
+    run.add_argument(
+        "--checkpoint-every",
+        type=int,
+        metavar="N",
+        help="write state/latest.pt and last.pt every N episodes, and always at exit "
+        f"(default: {defaults.checkpoint_every})",
+    )
+    run.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        help=f"where to train (default: {defaults.device})",
+    )
+    run.add_argument(
+        "--threads",
+        dest="num_threads",
+        type=int,
+        metavar="N",
+        help="torch CPU threads per process (default: torch's choice)",
+    )
+    run.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        default=True,
+        help="hide the progress bar",
+    )
+
+    search = parser.add_argument_group("meta learning-rate search")
+    search.add_argument(
+        "--search",
+        type=int,
+        metavar="N",
+        help="pick --meta-lr by N random-search trials first (default: no search)",
+    )
+    search.add_argument(
+        "--search-low",
+        type=float,
+        help=f"lowest meta learning rate tried (default: {defaults.search_low})",
+    )
+    search.add_argument(
+        "--search-high",
+        type=float,
+        help=f"highest meta learning rate tried (default: {defaults.search_high})",
+    )
+    search.add_argument(
+        "--search-episodes",
+        type=int,
+        help=f"episodes per search trial (default: {defaults.search_episodes})",
+    )
+    search.add_argument(
+        "--search-storage",
+        metavar="URL",
+        help="Optuna storage URL shared by several machines, e.g. "
+        "postgresql://host/db (default: sqlite file in DIR/search)",
+    )
+    # Every option's default is None, so the options a user gave can be told apart
+    # from the rest when --resume merges them with the saved configuration.
+    parser.set_defaults(**{name: None for name in _config_fields()})
+
+
+def _net_sizes(text: str) -> dict:
+    try:
+        return _parse_net_sizes(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _config_fields() -> list[str]:
+    return [f.name for f in dataclasses.fields(MetaTrainConfig)]
+
+
+def given_options(args: argparse.Namespace) -> dict:
+    """The configuration options set on the command line (not None)."""
+    return {
+        name: getattr(args, name)
+        for name in _config_fields()
+        if getattr(args, name, None) is not None
+    }
+
+
+def config_from_args(args: argparse.Namespace) -> MetaTrainConfig:
+    """Build the configuration: the saved one on --resume, then the options given."""
+    given = given_options(args)
+    if args.resume:
+        out = Path(given.get("out", MetaTrainConfig.out))
+        saved_path = out / "config.json"
+        if not saved_path.exists():
+            raise FileNotFoundError(
+                f"--resume found no {saved_path}; point --out at the folder of an "
+                "earlier run, or start without --resume"
+            )
+        saved = MetaTrainConfig.load(saved_path).to_dict()
+        return MetaTrainConfig.from_dict({**saved, **given})
+    if "validation" not in given:
+        given["validation"] = MetaTrainConfig.validation
+    return MetaTrainConfig.from_dict(given)
+
+
+def run(args: argparse.Namespace) -> int:
+    from slstm.meta.trainer import meta_train
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = config_from_args(args)
+    except (ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"slstm meta-train: {error}") from None
+    result = meta_train(config, resume=args.resume, progress=args.progress)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    lines = [
+        f"meta-trained {config.optimizer} for {result.episodes} episodes "
+        f"({result.meta_steps} meta-steps, {result.skipped} skipped, "
+        f"{result.nonfinite} non-finite, {result.diverged} diverged episodes)",
+        f"last checkpoint: {result.last_checkpoint}",
+    ]
+    if result.best_checkpoint is not None:
+        lines.append(
+            f"best checkpoint: {result.best_checkpoint} "
+            f"(validation loss {result.best_validation_loss:.4f})"
+        )
+    if result.search_trials:
+        lines.append(f"meta learning rate chosen by search: {result.meta_lr:.3g}")
+    print("\n".join(lines))
+    return 0

@@ -1,0 +1,264 @@
+"""The configuration of one meta-training run, saved beside every checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+OPTIMIZER_KINDS = ("lstm", "slstm")
+META_LOSSES = ("sum", "log")
+LOSS_WEIGHTINGS = ("uniform", "linear", "last")
+
+
+@dataclass
+class MetaTrainConfig:
+    """Every option of ``slstm meta-train``; round-trips through JSON.
+
+    Attributes:
+        optimizer: ``"lstm"`` (gradient only) or ``"slstm"`` (gradient and
+            diagonal Hessian).
+        data, data_dir, classes, image_size: the data set, as
+            :func:`slstm.data.load_dataset` reads it.
+        validation: examples carved from the training split for validation
+            (an int count or a float fraction); validation never trains on the
+            examples that episodes see.
+        net, net_sizes: the optimizee network, built by
+            :func:`slstm.models.build_model` with ``net_sizes`` as keywords.
+        task_classes: when set, each episode trains on a random subset of this
+            many classes (relabelled ``0..k-1``); None uses every class.
+        episodes: meta-training episodes per process.
+        horizon: inner optimisation steps per episode.
+        unroll: steps per truncation ``T``; the update networks get one
+            meta-update per truncation.
+        batch_size: minibatch size of the optimizee.
+        seed: seeds the task sampler, the minibatch order and initialisations.
+        out: output folder (configuration, metrics, checkpoints).
+        meta_lr: learning rate of the Adam meta-optimizer.
+        clip_norm: the meta-gradient is rescaled to at most this L2 norm.
+        meta_loss: ``"sum"`` minimises ``sum_t w_t L(theta_t)``; ``"log"``
+            minimises ``sum_t w_t log L(theta_t)`` (rewards relative progress,
+            so late steps with small losses still matter).
+        loss_weights: ``w_t`` over the ``T`` steps of a truncation:
+            ``"uniform"`` (all 1), ``"linear"`` (``t/T``), ``"last"`` (only the
+            last step), or ``T`` comma-separated numbers.
+        divergence_factor: an episode ends as diverged when the optimizee's
+            loss is non-finite or above this factor times its initial loss.
+        validate_every: episodes between validations (0 disables them).
+        validation_tasks: fresh networks trained per validation.
+        validation_horizon: steps of each validation run (None: ``horizon``).
+        checkpoint_every: episodes between checkpoints (one is also written
+            at exit).
+        curvature_method: how SLSTM's diagonal Hessian is computed
+            (a method of :mod:`slstm.curvature`).
+        output_scale, hidden_size, num_layers, preprocess_p: the learned
+            optimizer's architecture (see
+            :class:`slstm.optim.LearnedOptimizerConfig`).
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        search: number of random-search trials for ``meta_lr`` (0: no search).
+        search_low, search_high: the log-uniform interval of the search.
+        search_episodes: episodes each search trial meta-trains for.
+        search_storage: Optuna storage URL (default: SQLite file in ``out``).
+        num_threads: torch CPU threads per process (None: torch's default).
+    """
+
+    optimizer: str = "slstm"
+    data: str = "fashion-mnist"
+    data_dir: str | None = None
+    classes: int | list[int] | None = None
+    image_size: int = 64
+    validation: int | float = 0.1
+    net: str = "mnist_cnn"
+    net_sizes: dict = field(default_factory=dict)
+    task_classes: int | None = None
+    episodes: int = 100
+    horizon: int = 100
+    unroll: int = 20
+    batch_size: int = 128
+    seed: int = 0
+    out: str = "runs/meta-train"
+    meta_lr: float = 1e-3
+    clip_norm: float = 1.0
+    meta_loss: str = "sum"
+    loss_weights: str = "uniform"
+    divergence_factor: float = 10.0
+    validate_every: int = 10
+    validation_tasks: int = 2
+    validation_horizon: int | None = None
+    checkpoint_every: int = 5
+    curvature_method: str = "becker-lecun"
+    output_scale: float = 0.1
+    hidden_size: int = 20
+    num_layers: int = 2
+    preprocess_p: float = 10.0
+    device: str = "auto"
+    search: int = 0
+    search_low: float = 1e-4
+    search_high: float = 1e-2
+    search_episodes: int = 20
+    search_storage: str | None = None
+    num_threads: int | None = None
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first invalid option and its fix."""
+        if self.optimizer not in OPTIMIZER_KINDS:
+            raise ValueError(
+                f"optimizer must be one of {OPTIMIZER_KINDS}, got {self.optimizer!r}"
+            )
+        if self.meta_loss not in META_LOSSES:
+            raise ValueError(
+                f"meta_loss must be one of {META_LOSSES}, got {self.meta_loss!r}"
+            )
+        for name in ("episodes", "horizon", "unroll", "batch_size", "hidden_size"):
+            _require_positive_int(name, getattr(self, name))
+        _require_positive_int("num_layers", self.num_layers)
+        for name in ("validate_every", "checkpoint_every", "search"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        _require_positive_int("validation_tasks", self.validation_tasks)
+        _require_positive_int("search_episodes", self.search_episodes)
+        if self.validation_horizon is not None:
+            _require_positive_int("validation_horizon", self.validation_horizon)
+        if self.task_classes is not None:
+            _require_positive_int("task_classes", self.task_classes)
+            if self.task_classes < 2:
+                raise ValueError(
+                    f"task_classes must be at least 2 (a classifier needs two "
+                    f"classes), got {self.task_classes}"
+                )
+        for name in ("meta_lr", "clip_norm", "output_scale", "preprocess_p"):
+            value = getattr(self, name)
+            if not (
+                isinstance(value, int | float) and math.isfinite(value) and value > 0
+            ):
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+        if not self.divergence_factor > 1:
+            raise ValueError(
+                f"divergence_factor must be above 1, got {self.divergence_factor!r}"
+            )
+        if not 0 < self.search_low < self.search_high:
+            raise ValueError(
+                f"the search interval needs 0 < search_low < search_high, got "
+                f"{self.search_low!r} and {self.search_high!r}"
+            )
+        if not isinstance(self.net_sizes, dict):
+            raise ValueError(
+                "net_sizes must be a dict of size names to values, got "
+                f"{self.net_sizes!r}"
+            )
+        self.step_weights()  # raises on a malformed loss_weights
+
+    @property
+    def uses_hessian(self) -> bool:
+        return self.optimizer == "slstm"
+
+    @property
+    def truncations_per_episode(self) -> int:
+        return math.ceil(self.horizon / self.unroll)
+
+    def step_weights(self, length: int | None = None) -> list[float]:
+        """Return ``w_1 .. w_T`` for a truncation of ``length`` steps (default T).
+
+        The last truncation of an episode may be shorter than ``T`` when
+        ``horizon`` is not a multiple of it; it uses the first ``length``
+        weights of an explicit list and recomputes ``"linear"`` for its length.
+        """
+        length = self.unroll if length is None else length
+        spec = self.loss_weights.strip()
+        if spec == "uniform":
+            return [1.0] * length
+        if spec == "linear":
+            return [(t + 1) / length for t in range(length)]
+        if spec == "last":
+            return [0.0] * (length - 1) + [1.0]
+        try:
+            weights = [float(part) for part in spec.split(",")]
+        except ValueError:
+            raise ValueError(
+                f"loss_weights must be one of {LOSS_WEIGHTINGS} or {self.unroll} "
+                f"comma-separated numbers, got {self.loss_weights!r}"
+            ) from None
+        if len(weights) != self.unroll:
+            raise ValueError(
+                f"loss_weights lists {len(weights)} numbers but the unroll has "
+                f"T={self.unroll} steps; give exactly {self.unroll}"
+            )
+        if not all(math.isfinite(w) and w >= 0 for w in weights) or sum(weights) == 0:
+            raise ValueError(
+                f"loss_weights must be finite, non-negative and not all zero, got "
+                f"{self.loss_weights!r}"
+            )
+        return weights[:length]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> MetaTrainConfig:
+        """Build a config from a dict, rejecting unknown keys by name."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown meta-training option(s) {unknown}; known options are "
+                f"{sorted(known)}"
+            )
+        return cls(**values)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> MetaTrainConfig:
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def load(cls, path: str | Path) -> MetaTrainConfig:
+        return cls.from_json(Path(path).read_text(encoding="utf-8"))
+
+    def replace(self, **changes) -> MetaTrainConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def _require_positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def parse_net_sizes(text: str | None) -> dict:
+    """Parse ``"channels=16,hidden=32"`` into ``{"channels": 16, "hidden": 32}``.
+
+    Values that parse as int become ints, then floats, else stay strings. A
+    value ``8|16`` is a list of choices that the task sampler draws from.
+    """
+    sizes: dict = {}
+    if not text:
+        return sizes
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise ValueError(
+                f"invalid network size {item!r} in {text!r}; write NAME=VALUE pairs "
+                "separated by commas, e.g. channels=16,hidden=32"
+            )
+        choices = [_parse_number(v.strip()) for v in value.split("|")]
+        sizes[name.strip()] = choices[0] if len(choices) == 1 else choices
+    return sizes
+
+
+def _parse_number(value: str):
+    for convert in (int, float):
+        try:
+            return convert(value)
+        except ValueError:
+            pass
+    return value

@@ -1,0 +1,72 @@
+"""The metrics CSV of a meta-training run: one row per episode and per validation."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+from slstm.meta.io import atomic_write_text
+
+FIELDS = (
+    "kind",  # "episode" or "validation"
+    "episode",  # episodes finished on each rank when the row was written
+    "meta_steps",  # meta-updates applied so far
+    "inner_steps",  # optimizee steps so far, summed over ranks
+    "meta_loss",  # mean per-truncation meta-loss of the episode (rank mean)
+    "final_loss",  # optimizee loss after the episode's last step (rank mean)
+    "diverged",  # diverged episodes so far, summed over ranks
+    "nonfinite",  # non-finite meta-losses or meta-gradients so far, over ranks
+    "skipped",  # meta-updates skipped because no rank had a finite one, so far
+    "validation_loss",  # mean final loss of fresh networks on held-out data
+    "validation_error",  # their mean classification error on held-out data
+    "meta_lr",
+    "seconds",  # wall time since the run started, summed over resumptions
+    "steps_per_second",  # optimizee steps per second of this process
+)
+
+
+class MetricsLog:
+    """Appends rows to ``metrics.csv``; a plot reads it with any CSV reader."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def append(self, row: dict) -> None:
+        new_file = not self.path.exists()
+        with open(self.path, "a", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=FIELDS, extrasaction="raise")
+            if new_file:
+                writer.writeheader()
+            writer.writerow({name: _format(row.get(name)) for name in FIELDS})
+
+    def truncate_after(self, episode: int) -> None:
+        """Drop rows written after ``episode`` finished (they will be redone)."""
+        if not self.path.exists():
+            return
+        rows = read_metrics(self.path)
+        kept = [row for row in rows if int(row["episode"]) <= episode]
+        lines = [",".join(FIELDS)]
+        for row in kept:
+            lines.append(",".join(_csv_cell(row.get(name, "")) for name in FIELDS))
+        atomic_write_text("\n".join(lines) + "\n", self.path)
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """Return the rows of a metrics CSV as dicts of strings."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _format(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else str(value)
+    return str(value)
+
+
+def _csv_cell(value: str) -> str:
+    if any(c in value for c in ',"\n'):
+        return '"' + value.replace('"', '""') + '"'
+    return value

@@ -1,0 +1,287 @@
+"""``slstm train``: train one CNN with any registered optimizer, or jointly.
+
+Examples::
+
+    slstm train --optimizer adam --lr 3e-3 --data fashion-mnist --steps 2000
+    slstm train --optimizer slstm --checkpoint runs/slstm/best.pt --steps 2000
+    slstm train --optimizer slstm --joint --steps 2000 --unroll 20 --out runs/joint
+
+With ``--joint`` the learned optimizer's update networks are meta-updated every
+``--unroll`` steps along this same run (see :mod:`slstm.meta.joint`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from slstm.meta.config import MetaTrainConfig, parse_net_sizes
+from slstm.meta.io import atomic_write_text
+
+logger = logging.getLogger("slstm.meta")
+
+TRAIN_FIELDS = (
+    "step",
+    "train_loss",
+    "test_loss",
+    "test_error",
+    "meta_steps",
+    "seconds",
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``slstm train`` to ``parser``."""
+    from slstm.data import add_data_arguments
+    from slstm.optim import OPTIMIZERS
+
+    parser.add_argument(
+        "--optimizer",
+        choices=sorted(OPTIMIZERS),
+        default="adam",
+        help="optimizer from slstm.optim's registry (default: adam)",
+    )
+    parser.add_argument(
+        "--lr",
+        type=float,
+        help="learning rate of a hand-designed optimizer (default: its registry "
+        "default); learned optimizers have none",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        metavar="NAME_OR_PATH",
+        help="learned optimizer checkpoint: a shipped name such as "
+        "slstm-fashion-mnist or a .pt file (default: the shipped one of "
+        "--optimizer; with --joint: fresh update networks)",
+    )
+    add_data_arguments(parser)
+    parser.add_argument(
+        "--net",
+        default="mnist_cnn",
+        help="network from slstm.models (default: mnist_cnn)",
+    )
+    parser.add_argument(
+        "--net-sizes",
+        type=_net_sizes,
+        default={},
+        metavar="NAME=VALUE,...",
+        help="network sizes, e.g. channels=16,hidden=32",
+    )
+    parser.add_argument("--steps", type=int, default=1000, help="training steps")
+    parser.add_argument("--batch-size", type=int, default=128, help="minibatch size")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--eval-every",
+        type=int,
+        default=100,
+        metavar="N",
+        help="evaluate on the test split every N steps, 0 for only at the end",
+    )
+    parser.add_argument(
+        "--curvature-method",
+        metavar="METHOD",
+        help="diagonal Hessian method for optimizers that read it (default: the "
+        "checkpoint's, else becker-lecun)",
+    )
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        help="write metrics.csv and config.json here (and optimizer.pt with --joint)",
+    )
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument(
+        "--threads", type=int, metavar="N", help="torch CPU threads (default: torch's)"
+    )
+
+    joint = parser.add_argument_group("joint meta-learning (--joint)")
+    joint.add_argument(
+        "--joint",
+        action="store_true",
+        help="meta-update the learned optimizer every --unroll steps of this run",
+    )
+    joint.add_argument("--unroll", type=int, default=20, metavar="T", help="T")
+    joint.add_argument(
+        "--meta-lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)"
+    )
+    joint.add_argument(
+        "--clip-norm", type=float, default=1.0, help="meta-gradient norm clip"
+    )
+    joint.add_argument("--meta-loss", choices=("sum", "log"), default="sum")
+    joint.add_argument(
+        "--output-scale",
+        type=float,
+        default=0.1,
+        help="output scale of fresh update networks (default: 0.1)",
+    )
+
+
+def _net_sizes(text: str) -> dict:
+    try:
+        return parse_net_sizes(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.steps < 1:
+        raise SystemExit(f"slstm train: --steps must be positive, got {args.steps}")
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        settings = {k: v for k, v in vars(args).items() if not k.startswith("_")}
+        atomic_write_text(json.dumps(settings, indent=2, default=str) + "\n",
+                          out / "config.json")  # fmt: skip
+        (out / "metrics.csv").write_text(",".join(TRAIN_FIELDS) + "\n")
+
+    def report(step, train_loss, test_loss, test_error, meta_steps, seconds):
+        shown = f"{train_loss:.4f}" if math.isfinite(train_loss) else "   -  "
+        line = (
+            f"step {step:6d}  train loss {shown}  test loss {test_loss:.4f}  "
+            f"test error {100 * test_error:5.2f}%"
+        )
+        if args.joint:
+            line += f"  meta-steps {meta_steps}"
+        print(line, flush=True)
+        if out is not None:
+            values = (step, train_loss, test_loss, test_error, meta_steps, seconds)
+            with open(out / "metrics.csv", "a", encoding="utf-8") as handle:
+                handle.write(",".join(repr(v) for v in values) + "\n")
+
+    if args.joint:
+        return _run_joint(args, out, report)
+    return _run_plain(args, report)
+
+
+def _run_joint(args, out, report) -> int:
+    from slstm.meta.joint import save_joint_optimizer, train_jointly
+
+    if args.optimizer not in ("lstm", "slstm"):
+        raise SystemExit(
+            f"slstm train: --joint meta-learns a learned optimizer, but --optimizer "
+            f"is {args.optimizer}; use --optimizer lstm or slstm"
+        )
+    config = MetaTrainConfig(
+        optimizer=args.optimizer,
+        data=args.data,
+        data_dir=args.data_dir,
+        classes=args.classes,
+        image_size=args.image_size,
+        validation=args.validation,
+        net=args.net,
+        net_sizes=args.net_sizes,
+        unroll=args.unroll,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        meta_lr=args.meta_lr,
+        clip_norm=args.clip_norm,
+        meta_loss=args.meta_loss,
+        curvature_method=args.curvature_method or "becker-lecun",
+        output_scale=args.output_scale,
+        device=args.device,
+        validate_every=0,
+        out=str(out) if out else "unused",
+    )
+    trainer, records, diverged = train_jointly(
+        config,
+        steps=args.steps,
+        eval_every=args.eval_every,
+        initial_checkpoint=args.checkpoint,
+        on_record=lambda r: report(
+            r.step, r.train_loss, r.test_loss, r.test_error, r.meta_steps, r.seconds
+        ),
+    )
+    if out is not None:
+        path = save_joint_optimizer(trainer, out / "optimizer.pt", records[-1].step)
+        print(f"update networks after joint training: {path}")
+    return 1 if diverged else 0
+
+
+def _run_plain(args, report) -> int:
+    from slstm.curvature import backward
+    from slstm.data import batch_iterator, load_dataset
+    from slstm.meta.trainer import evaluate_model
+    from slstm.models import build_model
+    from slstm.optim import OPTIMIZERS
+    from slstm.utils import resolve_device
+
+    spec = OPTIMIZERS[args.optimizer]
+    device = resolve_device(args.device)
+    data = load_dataset(
+        args.data,
+        args.data_dir,
+        classes=args.classes,
+        validation=args.validation,
+        seed=args.seed,
+        device=device,
+        image_size=args.image_size,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(args.seed)
+        model = build_model(
+            args.net, data.input_shape, data.num_classes, **args.net_sizes
+        )
+    model.to(device)
+    options = {}
+    if spec.learned:
+        if args.lr is not None:
+            raise SystemExit(
+                f"slstm train: {args.optimizer} has no learning rate (its step size "
+                "is meta-trained); drop --lr"
+            )
+        if args.checkpoint:
+            options["checkpoint"] = args.checkpoint
+    elif args.checkpoint:
+        raise SystemExit(
+            f"slstm train: --checkpoint applies to learned optimizers, not "
+            f"{args.optimizer}"
+        )
+    optimizer = spec.make(model, args.lr, **options)
+    method = args.curvature_method
+    if method is None:
+        learned_config = getattr(optimizer, "config", None)
+        method = learned_config.curvature_method if learned_config else "becker-lecun"
+
+    loss_fn = nn.CrossEntropyLoss()
+    generator = torch.Generator(device=data.train.device).manual_seed(args.seed)
+    batches = batch_iterator(
+        data.train, args.batch_size, generator=generator, device=device
+    )
+    started = time.perf_counter()
+    test_loss, test_error = evaluate_model(model, data.test, device)
+    report(0, math.nan, test_loss, test_error, 0, 0.0)
+    for step in range(1, args.steps + 1):
+        inputs, targets = next(batches)
+        optimizer.zero_grad(set_to_none=True)
+        if spec.needs_curvature:
+            loss = backward(model, loss_fn, inputs, targets, method=method)
+        else:
+            loss = loss_fn(model(inputs), targets)
+            loss.backward()
+        train_loss = float(loss.detach())
+        if not math.isfinite(train_loss):
+            print(f"the training loss became {train_loss} at step {step}; stopped")
+            return 1
+        optimizer.step()
+        if (args.eval_every and step % args.eval_every == 0) or step == args.steps:
+            test_loss, test_error = evaluate_model(model, data.test, device)
+            report(
+                step,
+                train_loss,
+                test_loss,
+                test_error,
+                0,
+                time.perf_counter() - started,
+            )
+    return 0

@@ -1,0 +1,296 @@
+"""End to end: `slstm experiment` on tiny generated IDX data with tiny checkpoints."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from slstm.cli import main
+from slstm.experiments import ExperimentConfig, compare_with_csv, run_experiment
+from slstm.experiments.presets import DISPLAY_NAMES, OPTIMIZER_NAMES, resolve_scale
+
+IMAGE_SIDE = 16
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+META_HORIZON = 3
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """Write four gzipped IDX files of 16x16 images whose class sets the pattern."""
+    from slstm.data.idx import write_idx
+
+    directory = tmp_path_factory.mktemp("idx")
+    rng = np.random.default_rng(0)
+    prototypes = rng.uniform(0, 255, size=(10, IMAGE_SIDE, IMAGE_SIDE))
+    for prefix, count in (("train", 300), ("t10k", 100)):
+        labels = np.arange(count) % 10
+        noise = rng.normal(0, 60, size=(count, IMAGE_SIDE, IMAGE_SIDE))
+        images = np.clip(prototypes[labels] + noise, 0, 255).astype(np.uint8)
+        write_idx(directory / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(directory / f"{prefix}-labels-idx1-ubyte.gz", labels.astype(np.uint8))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """Save an LSTM and an SLSTM checkpoint with small random read-outs."""
+    from slstm.optim import LearnedOptimizerConfig, create_update_nets, save_checkpoint
+
+    directory = tmp_path_factory.mktemp("checkpoints")
+    paths = {}
+    for name in ("lstm", "slstm"):
+        config = LearnedOptimizerConfig.preset(name, hidden_size=4, output_scale=0.01)
+        torch.manual_seed(1)
+        nets = create_update_nets(config)
+        # A zero read-out (the initialisation) would make the optimizer a no-op.
+        with torch.no_grad():
+            for parameter in nets.parameters():
+                parameter.add_(0.3 * torch.randn_like(parameter))
+        provenance = {
+            "configuration": {"net": "mnist_cnn", "horizon": META_HORIZON},
+            "dataset": "generated in the test",
+        }
+        paths[name] = save_checkpoint(
+            directory / f"{name}.pt", nets, config, provenance
+        )
+    return paths
+
+
+def tiny_config(data_dir, checkpoints, out, **overrides):
+    values = dict(
+        preset="fashion-mnist",
+        scale="small",
+        data_dir=str(data_dir),
+        out=str(out),
+        steps=6,
+        seeds=2,
+        eval_every=2,
+        device="cpu",
+        batch_size=16,
+        lstm_checkpoint=str(checkpoints["lstm"]),
+        slstm_checkpoint=str(checkpoints["slstm"]),
+        tune_trials=2,
+        study_seeds=1,
+        lr_multipliers=(0.5, 2.0),
+        horizon_factor=2,
+        model_sizes={"channels": 3, "hidden": 8},
+        validation_size=60,
+        train_eval_size=64,
+        test_eval_size=0,
+    )
+    values.update(overrides)
+    return ExperimentConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def experiment(data_dir, checkpoints, tmp_path_factory):
+    out = tmp_path_factory.mktemp("experiment") / "run"
+    return run_experiment(tiny_config(data_dir, checkpoints, out), progress=False)
+
+
+def test_all_six_optimizers_run(experiment):
+    record = experiment.record
+    assert record.optimizers("main") == list(OPTIMIZER_NAMES)
+    for run in record.runs_of("main"):
+        assert run.steps == list(range(1, 7)) or run.diverged
+        assert run.eval_steps[0] == 0
+
+
+def test_learned_optimizers_change_the_weights(experiment):
+    for name in ("lstm", "slstm"):
+        for run in experiment.record.runs_of("main", name):
+            assert run.train_loss[-1] != run.train_loss[0]
+
+
+def test_output_files_exist(experiment):
+    names = {path.name for path in experiment.out_dir.iterdir()}
+    expected = {
+        "config.json",
+        "results.json",
+        "curves.csv",
+        "summary.md",
+        "loss.png",
+        "test_error.png",
+        "lr_sensitivity.png",
+        "horizon.png",
+    }
+    assert expected <= names
+
+
+def test_json_matches_csv(experiment):
+    out = experiment.out_dir
+    from slstm.experiments import load_results
+
+    record = load_results(out)
+    assert compare_with_csv(record, out / "curves.csv") == []
+    # Independent of compare_with_csv: every JSON loss appears in its CSV row.
+    with open(out / "curves.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    data = json.loads((out / "results.json").read_text())
+    for run in data["runs"]:
+        mine = {
+            int(row["step"]): row
+            for row in rows
+            if row["study"] == run["study"]
+            and row["optimizer"] == run["optimizer"]
+            and int(row["seed"]) == run["seed"]
+            and float(row["lr_multiplier"]) == float(run["lr_multiplier"])
+        }
+        for step, loss in zip(run["eval_steps"], run["train_loss"], strict=True):
+            assert float(mine[step]["train_loss"]) == float(loss)
+        for step, loss in zip(run["steps"], run["minibatch_loss"], strict=True):
+            assert float(mine[step]["minibatch_loss"]) == pytest.approx(
+                float(loss), nan_ok=True
+            )
+
+
+def test_plots_are_png(experiment):
+    for name in ("loss.png", "test_error.png", "lr_sensitivity.png", "horizon.png"):
+        path = experiment.out_dir / name
+        assert path.read_bytes()[:8] == PNG_SIGNATURE
+        with Image.open(path) as image:
+            image.load()
+            assert image.size[0] > 100
+
+
+def test_summary_has_row_per_optimizer(experiment):
+    text = (experiment.out_dir / "summary.md").read_text()
+    for name in OPTIMIZER_NAMES:
+        assert f"| {DISPLAY_NAMES[name]} |" in text
+    assert "scale: **small**" in text
+    assert "dataset: generated in the test" in text
+
+
+def test_same_start_and_batches_within_seed(experiment):
+    record = experiment.record
+    for seed in (0, 1):
+        runs = [run for run in record.runs_of("main") if run.seed == seed]
+        # Step 0 scores the shared initialisation; step 1's minibatch loss is
+        # measured before any update, on the shared first minibatch.
+        assert len({run.train_loss[0] for run in runs}) == 1
+        assert len({run.minibatch_loss[0] for run in runs}) == 1
+    first = record.runs_of("main", "adam")
+    assert first[0].train_loss[0] != first[1].train_loss[0]
+
+
+def test_tuned_learning_rates_recorded(experiment):
+    rates = experiment.record.learning_rates
+    for name in ("sgd", "rmsprop", "adam", "diagonal-newton"):
+        assert rates[name]["source"] == "tuned"
+        assert len(rates[name]["trials"]) == 2
+        low, high = rates[name]["search_range"]
+        assert low <= rates[name]["lr"] <= high
+        assert rates[name]["lr"] in [trial[0] for trial in rates[name]["trials"]]
+
+
+def test_studies_ran(experiment):
+    record = experiment.record
+    sensitivity = record.runs_of("lr-sensitivity")
+    assert {run.lr_multiplier for run in sensitivity} == {0.5, 2.0}
+    assert len(sensitivity) == 2 * len(OPTIMIZER_NAMES)
+    horizon = record.setup["horizon"]
+    assert horizon["meta_horizon"] == META_HORIZON
+    assert horizon["steps"] == 2 * META_HORIZON
+    assert set(record.optimizers("horizon")) == {"adam", "lstm", "slstm"}
+
+
+def test_same_seed_same_numbers(experiment, data_dir, checkpoints, tmp_path):
+    # The CLI with the same options must reproduce the API run exactly.
+    args = [
+        "experiment",
+        "fashion-mnist",
+        "--scale=small",
+        f"--data-dir={data_dir}",
+        f"--out={tmp_path / 'again'}",
+        "--steps=6",
+        "--seeds=2",
+        "--eval-every=2",
+        "--device=cpu",
+        "--batch-size=16",
+        f"--lstm-checkpoint={checkpoints['lstm']}",
+        f"--slstm-checkpoint={checkpoints['slstm']}",
+        "--tune-trials=2",
+        "--study-seeds=1",
+        "--lr-multipliers=0.5,2",
+        "--horizon-factor=2",
+        "--model-sizes=channels=3,hidden=8",
+        "--validation-size=60",
+        "--train-eval-size=64",
+        "--test-eval-size=0",
+        "--quiet",
+    ]
+    assert main(args) == 0
+    from slstm.experiments import load_results
+
+    again = load_results(tmp_path / "again")
+    first = experiment.record
+    assert len(again.runs) == len(first.runs)
+    for a, b in zip(first.runs, again.runs, strict=True):
+        assert (a.study, a.optimizer, a.seed, a.lr) == (
+            b.study,
+            b.optimizer,
+            b.seed,
+            b.lr,
+        )
+        assert a.minibatch_loss == b.minibatch_loss
+        assert a.train_loss == b.train_loss
+        assert a.test_error == b.test_error
+
+
+def test_divergence_is_recorded_and_others_continue(data_dir, checkpoints, tmp_path):
+    config = tiny_config(
+        data_dir,
+        checkpoints,
+        tmp_path / "diverge",
+        optimizers=("sgd", "adam"),
+        learning_rates={"sgd": 1e6, "adam": 1e-3},
+        studies=(),
+    )
+    result = run_experiment(config, progress=False)
+    sgd = result.record.runs_of("main", "sgd")
+    adam = result.record.runs_of("main", "adam")
+    for run in sgd:
+        # A non-finite loss or gradient ends the run at that step.
+        assert run.diverged
+        assert run.diverged_at == run.steps[-1]
+        assert run.diverged_at < 6
+    assert all(len(run.steps) == 6 and not run.diverged for run in adam)
+    summary = (result.out_dir / "summary.md").read_text()
+    assert "2/2 (steps" in summary
+    assert "set with --lr" in summary
+
+
+def test_existing_results_are_not_overwritten(experiment, data_dir, checkpoints):
+    config = tiny_config(data_dir, checkpoints, experiment.out_dir)
+    with pytest.raises(FileExistsError, match="--out"):
+        run_experiment(config, progress=False)
+
+
+def test_auto_scale_follows_device():
+    assert resolve_scale("auto", "cpu")[0] == "small"
+    assert resolve_scale("auto", "cuda")[0] == "full"
+    assert resolve_scale("full", "cpu") == ("full", "--scale full was requested")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"steps": 0}, "steps must be a positive int"),
+        ({"optimizers": ("adamw",)}, "choose from"),
+        ({"learning_rates": {"lstm": 0.1}}, "--lr-multipliers"),
+        ({"studies": ("everything",)}, "unknown studies"),
+        ({"preset": "svhn"}, "unknown preset"),
+    ],
+)
+def test_invalid_config_names_value(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        ExperimentConfig(**overrides).validate()
+
+
+def test_cli_rejects_bad_learning_rate(capsys):
+    with pytest.raises(SystemExit):
+        main(["experiment", "fashion-mnist", "--lr", "adam"])
+    assert "NAME=VALUE" in capsys.readouterr().err

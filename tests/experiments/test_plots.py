@@ -1,0 +1,68 @@
+"""Plots are valid PNG images, and `slstm plot` redraws them from saved results."""
+
+import pytest
+from PIL import Image
+
+from slstm.cli import main
+from slstm.experiments.plots import plot_results
+from slstm.experiments.records import write_results
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def assert_png(path):
+    assert path.read_bytes()[:8] == PNG_SIGNATURE, path
+    with Image.open(path) as image:
+        image.load()
+        assert image.format == "PNG"
+        assert image.width > 100
+        assert image.height > 100
+
+
+def test_plot_results_writes_every_plot(record, tmp_path):
+    paths = plot_results(record, tmp_path)
+    names = sorted(path.name for path in paths)
+    assert names == ["horizon.png", "loss.png", "lr_sensitivity.png", "test_error.png"]
+    for path in paths:
+        assert_png(path)
+
+
+def test_plot_results_without_studies(make_record, tmp_path):
+    paths = plot_results(make_record(studies=False), tmp_path)
+    assert sorted(path.name for path in paths) == ["loss.png", "test_error.png"]
+
+
+def test_plot_command_redraws(record, tmp_path, capsys):
+    write_results(record, tmp_path)
+    assert main(["plot", str(tmp_path)]) == 0
+    output = capsys.readouterr().out
+    assert "| SLSTM |" in output
+    assert "differs" not in output
+    for name in ("loss.png", "test_error.png", "lr_sensitivity.png", "horizon.png"):
+        assert_png(tmp_path / name)
+
+
+def test_plot_command_warns_on_edited_csv(record, tmp_path, capsys):
+    _, curves = write_results(record, tmp_path)
+    lines = curves.read_text().splitlines()
+    curves.write_text("\n".join(lines[:-2]) + "\n")
+    assert main(["plot", str(tmp_path), "--out", str(tmp_path / "png")]) == 0
+    assert "differs from results.json" in capsys.readouterr().out
+    assert_png(tmp_path / "png" / "loss.png")
+
+
+def test_plot_command_missing_results(tmp_path, capsys):
+    assert main(["plot", str(tmp_path)]) == 2
+    assert "results.json not found" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["loss.png", "test_error.png"])
+def test_plots_survive_all_seeds_diverging(record, tmp_path, name):
+    for run in record.runs_of("main", "rmsprop"):
+        run.diverged_at = 1
+        run.minibatch_loss = [float("nan")]
+        run.steps = [1]
+        run.step_time_s = [0.001]
+        run.eval_steps, run.train_loss, run.test_error = [0], [2.3], [0.9]
+    plot_results(record, tmp_path)
+    assert_png(tmp_path / name)

@@ -1,0 +1,73 @@
+"""Two CPU processes under torchrun meta-train like one that averages both."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from slstm.meta import MetaTrainer
+from slstm.meta.trainer import STATE_FILE
+from slstm.optim import load_checkpoint
+
+from .conftest import TINY_ARGS
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+
+
+def _free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_ranks_equal_one_process_averaging_them(tmp_path, tiny_config):
+    episodes, horizon, unroll = 2, 10, 5  # four meta-steps
+    out = tmp_path / "distributed"
+    command = [
+        sys.executable, "-m", "torch.distributed.run",
+        "--nnodes", "1", "--nproc-per-node", "2",
+        "--master-addr", "127.0.0.1", "--master-port", str(_free_loopback_port()),
+        "-m", "slstm", "meta-train", *TINY_ARGS,
+        "--episodes", str(episodes), "--validate-every", "0", "--out", str(out),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": SRC, "GLOO_SOCKET_IFNAME": "lo"}
+    env["OMP_NUM_THREADS"] = "1"
+    completed = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    state = torch.load(out / STATE_FILE, weights_only=True)
+    assert state["world_size"] == 2
+    assert len(state["rng"]) == 2
+
+    # One process runs rank 0's and rank 1's episodes and averages their
+    # meta-gradients itself.
+    config = tiny_config(episodes=episodes, validate_every=0)
+    trainer = MetaTrainer(config, progress=False)
+    for episode in range(episodes):
+        optimizees = [trainer.start_episode(episode, rank) for rank in (0, 1)]
+        for _ in range(horizon // unroll):
+            grads = []
+            for optimizee in optimizees:
+                rank_grads, usable, _ = trainer.truncation_gradients(optimizee, unroll)
+                assert usable
+                grads.append(rank_grads)
+            averaged = [(a + b) / 2 for a, b in zip(*grads, strict=True)]
+            assert trainer.apply_meta_gradients(averaged, True)
+            for optimizee in optimizees:
+                optimizee.detach_()
+    assert trainer.counters.meta_steps == state["counters"]["meta_steps"] == 4
+
+    distributed = load_checkpoint(out / "last.pt").nets.state_dict()
+    for name, value in trainer.nets.state_dict().items():
+        assert torch.equal(distributed[name], value), name
+    # The two ranks trained on different tasks, so averaging mattered.
+    single = MetaTrainer(config, progress=False)
+    optimizee = single.start_episode(0, 0)
+    rank_grads, _, _ = single.truncation_gradients(optimizee, unroll)
+    other = single.start_episode(0, 1)
+    other_grads, _, _ = single.truncation_gradients(other, unroll)
+    assert any(
+        not torch.equal(a, b) for a, b in zip(rank_grads, other_grads, strict=True)
+    )

@@ -1,0 +1,73 @@
+"""Random search of learning rates with Optuna, in memory and in SQLite."""
+
+import json
+import math
+
+import pytest
+
+from slstm.cli import main
+from slstm.meta.search import tune_learning_rate
+
+from .conftest import TINY_ARGS
+
+
+def _distance_from_3e3(lr):
+    return (math.log10(lr) - math.log10(3e-3)) ** 2
+
+
+def test_tune_learning_rate_finds_minimum_in_memory():
+    result = tune_learning_rate(_distance_from_3e3, low=1e-5, high=1e-1, n_trials=30)
+    assert len(result.trials) == 30
+    assert all(1e-5 <= lr <= 1e-1 for lr, _ in result.trials)
+    assert result.best_score == min(score for _, score in result.trials)
+    assert result.best_score == _distance_from_3e3(result.best_lr)
+    assert abs(math.log10(result.best_lr) - math.log10(3e-3)) < 0.5
+
+
+def test_sqlite_study_resumes_missing_trials(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    calls = []
+
+    def objective(lr):
+        calls.append(lr)
+        return _distance_from_3e3(lr)
+
+    first = tune_learning_rate(
+        objective, low=1e-4, high=1e-2, n_trials=3, storage=storage, study_name="s"
+    )
+    assert len(calls) == 3 and len(first.trials) == 3
+    # Asking for 5 runs only the two missing trials, with new learning rates.
+    second = tune_learning_rate(
+        objective, low=1e-4, high=1e-2, n_trials=5, storage=storage, study_name="s"
+    )
+    assert len(calls) == 5
+    assert len(second.trials) == 5
+    assert len(set(calls)) == 5
+    assert second.best_score <= first.best_score
+
+
+def test_non_finite_scores_lose():
+    def objective(lr):
+        return math.nan if lr > 1e-3 else lr
+
+    result = tune_learning_rate(objective, low=1e-4, high=1e-2, n_trials=10, seed=1)
+    assert result.best_lr <= 1e-3
+    assert any(math.isinf(score) for _, score in result.trials)
+
+
+def test_invalid_interval_is_rejected():
+    with pytest.raises(ValueError, match="0 < low < high"):
+        tune_learning_rate(_distance_from_3e3, low=1e-2, high=1e-3, n_trials=2)
+
+
+def test_meta_train_search_picks_meta_lr(tmp_path):
+    out = tmp_path / "run"
+    code = main(["meta-train", *TINY_ARGS, "--episodes", "1", "--search", "2",
+                 "--search-episodes", "1", "--out", str(out)])  # fmt: skip
+    assert code == 0
+    record = json.loads((out / "search.json").read_text())
+    assert len(record["trials"]) == 2
+    assert (out / "search" / "study.db").is_file()
+    chosen = json.loads((out / "config.json").read_text())["meta_lr"]
+    best = min(record["trials"], key=lambda trial: trial["validation_loss"])
+    assert chosen == record["best_meta_lr"] == best["meta_lr"]

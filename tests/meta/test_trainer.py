@@ -1,0 +1,213 @@
+"""Meta-training runs end to end: files, counters, resume, atomic checkpoints."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from slstm.cli import main
+from slstm.meta import MetaTrainConfig, MetaTrainer, meta_train
+from slstm.meta.io import atomic_torch_save
+from slstm.meta.metrics import read_metrics
+from slstm.meta.trainer import STATE_FILE
+from slstm.models import build_model
+from slstm.optim import load, load_checkpoint
+
+from .conftest import TINY_ARGS
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+
+
+def _weights(path):
+    checkpoint = load_checkpoint(path)
+    return {
+        f"{kind}.{name}": value
+        for kind, net in checkpoint.nets.items()
+        for name, value in net.state_dict().items()
+    }
+
+
+def _assert_same_weights(first, second):
+    assert first.keys() == second.keys()
+    for name in first:
+        assert torch.equal(first[name], second[name]), name
+
+
+def test_cli_runs_tiny_configuration(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["meta-train", *TINY_ARGS, "--episodes", "3", "--validate-every",
+                 "2", "--out", str(out)])  # fmt: skip
+    assert code == 0
+    for name in ("config.json", "metrics.csv", "best.pt", "last.pt", "state/latest.pt"):
+        assert (out / name).is_file(), name
+    config = MetaTrainConfig.load(out / "config.json")
+    assert config.episodes == 3 and config.net_sizes == {"channels": 4, "hidden": 8}
+    rows = read_metrics(out / "metrics.csv")
+    assert [r["kind"] for r in rows].count("episode") == 3
+    validations = [r for r in rows if r["kind"] == "validation"]
+    assert [int(r["episode"]) for r in validations] == [2, 3]
+    # The files are optimizer checkpoints that slstm.optim loads onto a network.
+    model = build_model("small_cnn", (1, 8, 8), 10, channels=4, hidden=8)
+    optimizer = load(out / "best.pt", model)
+    assert load_checkpoint(out / "best.pt").provenance["meta_train_config"]["seed"] == 0
+    assert optimizer.param_groups
+    assert "best checkpoint" in capsys.readouterr().out
+
+
+def test_best_checkpoint_has_lowest_validation_loss(tiny_config):
+    config = tiny_config(episodes=4, validate_every=1, meta_lr=0.01)
+    result = meta_train(config, progress=False)
+    rows = [
+        r for r in read_metrics(result.out / "metrics.csv") if r["kind"] == "validation"
+    ]
+    losses = [float(r["validation_loss"]) for r in rows]
+    best_episode = int(rows[losses.index(min(losses))]["episode"])
+    provenance = load_checkpoint(result.best_checkpoint).provenance
+    assert provenance["episodes"] == best_episode
+    assert result.best_validation_loss == pytest.approx(min(losses))
+
+
+def test_non_finite_meta_loss_is_skipped(tiny_config):
+    trainer = MetaTrainer(tiny_config(episodes=1), progress=False)
+    with torch.no_grad():
+        for net in trainer.nets.values():
+            net.readout.bias.fill_(3e38)  # the first step overflows the network
+    before = {k: v.clone() for k, v in trainer.nets.state_dict().items()}
+    summary = trainer.train_episode(0)
+    assert trainer.counters.nonfinite == 1
+    assert trainer.counters.meta_steps == 0
+    assert trainer.counters.diverged == 1 and summary.diverged == 1
+    after = trainer.nets.state_dict()
+    for name, value in before.items():
+        assert torch.equal(after[name], value), f"{name} changed by a skipped update"
+
+
+def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
+    episodes = "12"
+    args = [*TINY_ARGS, "--episodes", episodes, "--validate-every", "4",
+            "--checkpoint-every", "1", "--optimizer", "slstm"]  # fmt: skip
+    command = [sys.executable, "-m", "slstm", "meta-train", *args]
+    env = {**os.environ, "PYTHONPATH": SRC}
+
+    reference = tmp_path / "reference"
+    subprocess.run([*command, "--out", str(reference)], check=True, env=env)
+
+    interrupted = tmp_path / "interrupted"
+    process = subprocess.Popen([*command, "--out", str(interrupted)], env=env)
+    metrics = interrupted / "metrics.csv"
+    deadline = time.monotonic() + 120
+    # Kill as soon as a few episodes are done, mid-run.
+    while time.monotonic() < deadline and process.poll() is None:
+        if metrics.exists() and metrics.read_text().count("\nepisode,") >= 3:
+            break
+        time.sleep(0.02)
+    assert process.poll() is None, "the run finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    saved = torch.load(interrupted / STATE_FILE, weights_only=True)
+    assert 0 < saved["counters"]["episode"] < int(episodes)
+
+    subprocess.run(
+        [sys.executable, "-m", "slstm", "meta-train", "--out", str(interrupted),
+         "--resume", "--no-progress"],
+        check=True,
+        env=env,
+    )  # fmt: skip
+    _assert_same_weights(
+        _weights(reference / "last.pt"), _weights(interrupted / "last.pt")
+    )
+    _assert_same_weights(
+        _weights(reference / "best.pt"), _weights(interrupted / "best.pt")
+    )
+    first = torch.load(reference / STATE_FILE, weights_only=True)
+    second = torch.load(interrupted / STATE_FILE, weights_only=True)
+    for slot, values in first["meta_optimizer"]["state"].items():
+        for key, value in values.items():
+            assert torch.equal(value, second["meta_optimizer"]["state"][slot][key])
+    assert first["counters"]["meta_steps"] == second["counters"]["meta_steps"]
+    rows = read_metrics(interrupted / "metrics.csv")
+    assert [int(r["episode"]) for r in rows if r["kind"] == "episode"] == list(
+        range(1, int(episodes) + 1)
+    )
+
+
+def test_resume_in_process_continues_to_more_episodes(tiny_config):
+    meta_train(tiny_config(episodes=2), progress=False)
+    result = meta_train(tiny_config(episodes=4), resume=True, progress=False)
+    assert result.episodes == 4
+    reference = meta_train(tiny_config(episodes=4, out=str(result.out) + "-ref"),
+                           progress=False)  # fmt: skip
+    _assert_same_weights(
+        _weights(result.last_checkpoint), _weights(reference.last_checkpoint)
+    )
+
+
+def test_resume_rejects_changed_options(tiny_config):
+    meta_train(tiny_config(episodes=1), progress=False)
+    with pytest.raises(ValueError, match="horizon: saved 10, requested 20"):
+        meta_train(tiny_config(episodes=2, horizon=20), resume=True, progress=False)
+
+
+def test_new_run_refuses_existing_output(tiny_config):
+    meta_train(tiny_config(episodes=1), progress=False)
+    with pytest.raises(FileExistsError, match="--resume"):
+        meta_train(tiny_config(episodes=1), progress=False)
+
+
+def test_failed_write_keeps_previous_checkpoint(tmp_path):
+    path = tmp_path / "latest.pt"
+    atomic_torch_save({"episode": torch.tensor(1)}, path)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("disk full")
+
+    big = torch.zeros(1_000_000)
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_torch_save({"weights": big, "broken": Unpicklable()}, path)
+    assert torch.load(path, weights_only=True)["episode"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.pt"]
+
+
+def test_sigkill_during_writes_never_truncates(tmp_path):
+    path = tmp_path / "latest.pt"
+    writer = (
+        "import sys, torch\n"
+        "from slstm.meta.io import atomic_torch_save\n"
+        "payload = torch.arange(4_000_000, dtype=torch.float32)\n"
+        "for i in range(10_000):\n"
+        "    atomic_torch_save({'i': i, 'payload': payload}, sys.argv[1])\n"
+        "    print(i, flush=True)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": SRC}
+    for delay in (0.05, 0.13, 0.31):
+        process = subprocess.Popen(
+            [sys.executable, "-c", writer, str(path)], env=env, stdout=subprocess.PIPE
+        )
+        process.stdout.readline()  # one complete file exists
+        time.sleep(delay)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        state = torch.load(path, weights_only=True)
+        assert state["payload"].shape == (4_000_000,)
+        assert state["payload"][-1] == 3_999_999
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        MetaTrainConfig(optimizer="adam")
+    with pytest.raises(ValueError, match="loss_weights lists 2 numbers"):
+        MetaTrainConfig(unroll=3, loss_weights="1,2")
+    with pytest.raises(ValueError, match="unroll must be a positive int"):
+        MetaTrainConfig(unroll=0)
+
+
+def test_config_json_round_trip():
+    config = MetaTrainConfig(net_sizes={"channels": [8, 16]}, loss_weights="linear")
+    assert MetaTrainConfig.from_json(config.to_json()) == config
+    assert config.step_weights(4) == [0.25, 0.5, 0.75, 1.0]
