@@ -487,3 +487,40 @@ def test_rejects_bad_chunk_size():
     config = LearnedOptimizerConfig.preset("lstm")
     with pytest.raises(ValueError, match="chunk_size"):
         LearnedOptimizer(small_cnn(), create_update_nets(config), config, chunk_size=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_step_on_cuda_matches_cpu():
+    config = LearnedOptimizerConfig.preset("slstm")
+    nets = random_nets(config)
+    model = small_cnn()
+    twin = copy.deepcopy(model).cuda()
+    cpu_optimizer = LearnedOptimizer(model, nets, config)
+    cuda_optimizer = LearnedOptimizer(twin, copy.deepcopy(nets).cuda(), config)
+    for step in range(2):
+        set_gradients(model, seed=step)
+        for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+            q.grad = p.grad.cuda()
+            q.hessian_diag = p.hessian_diag.cuda()
+        cpu_optimizer.step()
+        cuda_optimizer.step()
+    for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(q.cpu(), p, rtol=1e-4, atol=1e-5)
+        assert cuda_optimizer.state[q]["hidden"].is_cuda
+
+
+def test_float64_nets_serve_float32_params():
+    config = LearnedOptimizerConfig.preset("lstm")
+    nets = random_nets(config).to(torch.float64)
+    params = [torch.zeros(3)]
+    new_params, _ = learned_update(nets, config, params, [torch.ones(3)], None, ["fc"])
+    assert new_params[0].dtype == torch.float32
+    assert torch.count_nonzero(new_params[0]) == 3
+
+
+def test_nets_on_other_device_rejected():
+    config = LearnedOptimizerConfig.preset("lstm")
+    params = [torch.zeros(3)]
+    meta = random_nets(config).to("meta")
+    with pytest.raises(ValueError, match="move the networks"):
+        learned_update(meta, config, params, [torch.ones(3)], None, ["fc"])

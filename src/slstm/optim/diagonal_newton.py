@@ -32,9 +32,9 @@ class DiagonalNewton(torch.optim.Optimizer):
 
     The defaults ``lr=1e-3`` and ``eps=1e-4`` were the best of a 3 x 3 grid (lr
     1e-3 to 1e-2, eps 1e-5 to 1e-3) for 40 steps of the MNIST CNN on
-    Fashion-MNIST at batch 64, with the Becker-LeCun diagonal of the batch-mean
-    cross-entropy, whose conv-layer entries there are mostly 2e-7 to 1e-5. Larger
-    steps diverged. Retune both for other losses or scales.
+    Fashion-MNIST at batch 64. The curvature was the Becker-LeCun diagonal of the
+    batch-mean cross-entropy, whose conv-layer entries there are mostly 2e-7 to
+    1e-5. Larger steps diverged. Retune both for other losses or scales.
     """
 
     def __init__(

@@ -312,7 +312,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         at a time.
 
         Coordinates are independent, so each block's new state depends only on
-        its old state and can replace it at once; the temporary memory is then
+        its old state and can replace it at once. The temporary memory is then
         bounded by ``chunk_size`` instead of growing with ``p.numel()``.
         """
         size = group["chunk_size"] if p.is_contiguous() else p.numel()

@@ -104,7 +104,8 @@ def _learned(preset: str):
         if nets is None:
             if config is not None:
                 raise ValueError(
-                    "config without nets: pass both, or a checkpoint that holds both"
+                    "config was given without nets; pass both, or a checkpoint "
+                    "that contains both"
                 )
             loaded = load_checkpoint(
                 checkpoint or default_checkpoint, map_location=map_location
