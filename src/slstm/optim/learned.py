@@ -209,7 +209,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         config: LearnedOptimizerConfig,
         *,
         check_inputs: bool = True,
-        chunk_size: int = 65536,
+        chunk_size: int = 16384,
     ):
         if not isinstance(config, LearnedOptimizerConfig):
             raise TypeError(

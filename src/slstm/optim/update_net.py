@@ -114,12 +114,16 @@ class CoordinatewiseLSTM(nn.Module):
             forget_gate = gates[size : 2 * size]
             candidate = 2 * gates[2 * size : 3 * size] - 1
             output_gate = gates[3 * size :]
-            layer_cell = torch.addcmul(forget_gate * cell[layer], input_gate, candidate)
+            # With `out`, results go straight into the state tensors: each layer
+            # reads its old hidden and cell state before overwriting them.
+            cell_out = None if out is None else out[1][layer]
+            hidden_out = None if out is None else out[0][layer]
+            retained = forget_gate * cell[layer]
+            layer_cell = torch.addcmul(retained, input_gate, candidate, out=cell_out)
             squashed = torch.sigmoid(2 * layer_cell)
-            layer_hidden = torch.addcmul(-output_gate, output_gate, squashed, value=2.0)
-            if out is not None:
-                out[0][layer].copy_(layer_hidden)
-                out[1][layer].copy_(layer_cell)
+            layer_hidden = torch.addcmul(
+                -output_gate, output_gate, squashed, value=2.0, out=hidden_out
+            )
             new_hidden.append(layer_hidden)
             new_cell.append(layer_cell)
             layer_input = layer_hidden
