@@ -294,3 +294,29 @@ def test_cli_rejects_bad_learning_rate(capsys):
     with pytest.raises(SystemExit):
         main(["experiment", "fashion-mnist", "--lr", "adam"])
     assert "NAME=VALUE" in capsys.readouterr().err
+
+
+def test_meta_train_option_trains_and_uses_checkpoints(data_dir, tmp_path):
+    config = tiny_config(
+        data_dir,
+        {"lstm": None, "slstm": None},
+        tmp_path / "meta",
+        lstm_checkpoint=None,
+        slstm_checkpoint=None,
+        optimizers=("adam", "slstm"),
+        learning_rates={"adam": 1e-3},
+        studies=("horizon",),
+        seeds=1,
+        meta_train=True,
+        meta_episodes=1,
+        meta_horizon=4,
+        model_sizes={"channels": 3, "hidden": 8},
+    )
+    result = run_experiment(config, progress=False)
+    info = result.record.checkpoints["slstm"]
+    assert info["source"].startswith(str(tmp_path / "meta" / "meta-train" / "slstm"))
+    assert "meta-trained by this experiment" in info["note"]
+    assert info["trained_on"]["horizon"] == 4
+    # The horizon study reads the horizon from the new checkpoint's provenance.
+    assert result.record.setup["horizon"]["steps"] == 2 * 4
+    assert (tmp_path / "meta" / "meta-train" / "slstm" / "config.json").is_file()

@@ -148,6 +148,20 @@ def add_arguments(parser):
         default=None,
         help="meta-training episodes per optimizer (default: 100)",
     )
+    learned.add_argument(
+        "--meta-horizon",
+        type=int,
+        default=None,
+        metavar="STEPS",
+        help="optimizee steps per meta-training episode (default: 100)",
+    )
+    learned.add_argument(
+        "--meta-config",
+        default=None,
+        metavar="FILE",
+        help="JSON file of `slstm meta-train` options (e.g. the config.json of an "
+        "earlier run) that --meta-train starts from instead of the preset's task",
+    )
 
     tuning = parser.add_argument_group("learning rates of the baselines")
     tuning.add_argument(
@@ -230,6 +244,8 @@ def config_from_args(args):
         slstm_checkpoint=args.slstm_checkpoint,
         meta_train=args.meta_train,
         meta_episodes=args.meta_episodes,
+        meta_horizon=args.meta_horizon,
+        meta_config=args.meta_config,
         tune_trials=args.tune_trials,
         learning_rates=dict(args.lr),
         curvature_method=args.curvature_method,

@@ -25,10 +25,11 @@ from pathlib import Path
 import torch
 
 from . import records
-from .learned import load_learned_optimizers, meta_horizon
+from .learned import load_learned_optimizers, meta_horizon, network_note, trained_on
 from .plots import plot_results
 from .presets import (
     BASELINES,
+    DISPLAY_NAMES,
     LEARNED,
     OPTIMIZER_NAMES,
     STUDIES,
@@ -73,7 +74,12 @@ class ExperimentConfig:
             of the learned optimizers (None: the shipped Fashion-MNIST ones, or
             meta-training where the preset requires it).
         meta_train: meta-train LSTM and SLSTM first instead of loading checkpoints.
-        meta_episodes: meta-training episodes (None: the preset's).
+        meta_episodes: meta-training episodes (None: the preset's, or
+            ``meta_config``'s).
+        meta_horizon: steps per meta-training episode (None: ``meta_config``'s
+            or `slstm meta-train`'s default).
+        meta_config: JSON file of ``slstm.meta.MetaTrainConfig`` options that
+            ``--meta-train`` starts from (None: the preset's task).
         tune_trials: random-search trials per baseline (None: the scale's; 0:
             no tuning, the registry's default learning rates).
         learning_rates: fixed learning rates by optimizer name; those are not tuned.
@@ -109,6 +115,8 @@ class ExperimentConfig:
     slstm_checkpoint: str | None = None
     meta_train: bool = False
     meta_episodes: int | None = None
+    meta_horizon: int | None = None
+    meta_config: str | None = None
     tune_trials: int | None = None
     learning_rates: dict = field(default_factory=dict)
     curvature_method: str = "becker-lecun"
@@ -132,6 +140,7 @@ class ExperimentConfig:
         for name in (
             "batch_size",
             "meta_episodes",
+            "meta_horizon",
             "study_seeds",
             "validation_size",
             "train_eval_size",
@@ -286,16 +295,20 @@ def run_experiment(config, *, progress=True, command=None, log=None):
     # Learned optimizers: shipped checkpoints, given files, or meta-training.
     phase = time.perf_counter()
     learned = load_learned_optimizers(
-        config, preset, data_name, settings, device, out_dir, progress, log
+        config, preset, data_name, settings, out_dir, device, progress=progress, log=log
     )
-    checkpoints = {
-        name: {
+    checkpoints = {}
+    for name, source in learned.items():
+        provenance = dict(source.checkpoint.provenance or {})
+        mismatch = network_note(provenance, model_name, model_sizes, batch_size)
+        if mismatch:
+            log(f"{DISPLAY_NAMES[name]}: {mismatch}")
+        checkpoints[name] = {
             "source": source.source,
-            "note": source.note,
-            "provenance": dict(getattr(source.checkpoint, "provenance", {}) or {}),
+            "note": "; ".join(filter(None, [source.note, mismatch])),
+            "trained_on": trained_on(provenance),
+            "provenance": provenance,
         }
-        for name, source in learned.items()
-    }
     timing["learned optimizers"] = time.perf_counter() - phase
 
     context = RunContext(

@@ -324,6 +324,8 @@ def _checkpoint_lines(record):
         lines.append(f"- {DISPLAY_NAMES.get(name, name)}: `{info['source']}`")
         if info.get("note"):
             lines.append(f"  - note: {info['note']}")
+        if info.get("trained_on"):
+            lines.append(f"  - meta-trained on: {_format_value(info['trained_on'])}")
         for key, value in sorted(info.get("provenance", {}).items()):
             lines.append(f"  - {key}: {_format_value(value)}")
     return lines
