@@ -118,6 +118,13 @@ def test_output_files_exist(experiment):
         "horizon.png",
     }
     assert expected <= names
+    config = json.loads((experiment.out_dir / "config.json").read_text())
+    # Recorded with the values that ran, not the "scale's default" placeholders.
+    assert config["scale"] == "small"
+    assert config["eval_every"] == 2
+    assert config["study_seeds"] == 1
+    assert config["model_sizes"] == {"channels": 3, "hidden": 8}
+    assert "no CUDA" in config["scale_reason"] or "requested" in config["scale_reason"]
 
 
 def test_json_matches_csv(experiment):

@@ -76,10 +76,10 @@ def add_arguments(parser):
     parser.add_argument(
         "--eval-every",
         type=int,
-        default=defaults.eval_every,
+        default=None,
         metavar="STEPS",
         help="steps between evaluations of the training-subset loss and the test "
-        f"error (default: {defaults.eval_every})",
+        "error (default: 10 at small scale, 5 at full)",
     )
     sizes = parser.add_argument_group("sizes (default: the scale's)")
     sizes.add_argument(
@@ -221,6 +221,13 @@ def add_arguments(parser):
         f"(default: {defaults.horizon_factor})",
     )
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="torch CPU threads (default: torch's choice, usually one per core)",
+    )
+    parser.add_argument(
         "--quiet", action="store_true", help="no progress bars (status lines remain)"
     )
 
@@ -254,6 +261,7 @@ def config_from_args(args):
         lr_multipliers=tuple(args.lr_multipliers),
         horizon_factor=args.horizon_factor,
         image_size=args.image_size,
+        threads=args.threads,
         model_sizes=args.model_sizes,
         validation_size=args.validation_size,
         train_eval_size=args.train_eval_size,

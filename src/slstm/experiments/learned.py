@@ -103,9 +103,7 @@ def meta_horizon(learned):
     return steps, f"from the checkpoints' provenance: {names}"
 
 
-def load_learned_optimizers(
-    config, preset, data_name, settings, out_dir, device, *, progress, log
-):
+def load_learned_optimizers(config, preset, out_dir, device, *, progress, log):
     """Load or meta-train each learned optimizer among ``config.optimizers``.
 
     Returns ``{name: LearnedSource}``. An explicit checkpoint option wins; else
@@ -125,8 +123,6 @@ def load_learned_optimizers(
                 name,
                 config,
                 preset,
-                data_name,
-                settings,
                 out_dir,
                 progress=progress,
                 log=log,
@@ -141,7 +137,7 @@ def load_learned_optimizers(
     return sources
 
 
-def meta_train_config(name, config, preset, data_name, settings, out_dir):
+def meta_train_config(name, config, preset, out_dir):
     """Return the ``MetaTrainConfig`` that ``--meta-train`` uses for ``name``.
 
     Starts from ``--meta-config`` (a JSON file such as the config.json that
@@ -156,13 +152,13 @@ def meta_train_config(name, config, preset, data_name, settings, out_dir):
         base = MetaTrainConfig.load(config.meta_config)
     else:
         base = MetaTrainConfig(
-            data=data_name,
+            data=config.data,
             data_dir=config.data_dir,
             classes=meta.classes,
             net=meta.model,
             net_sizes=dict(meta.model_sizes),
             episodes=meta.episodes,
-            batch_size=config.batch_size or settings.batch_size,
+            batch_size=config.batch_size,
             seed=config.first_seed,
             curvature_method=config.curvature_method,
             device=config.device,
@@ -176,9 +172,7 @@ def meta_train_config(name, config, preset, data_name, settings, out_dir):
     return base.replace(**changes)
 
 
-def meta_train_optimizer(
-    name, config, preset, data_name, settings, out_dir, *, progress, log
-):
+def meta_train_optimizer(name, config, preset, out_dir, *, progress, log):
     """Meta-train optimizer ``name``; return the path of its best checkpoint.
 
     The best checkpoint is the one with the lowest meta-validation loss; when no
@@ -186,7 +180,7 @@ def meta_train_optimizer(
     """
     from slstm.meta import meta_train
 
-    meta_config = meta_train_config(name, config, preset, data_name, settings, out_dir)
+    meta_config = meta_train_config(name, config, preset, out_dir)
     log(
         f"meta-training {DISPLAY_NAMES[name]}: {meta_config.episodes} episodes of "
         f"{meta_config.horizon} steps on {meta_config.net} ({meta_config.data}, "

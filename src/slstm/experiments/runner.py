@@ -67,7 +67,8 @@ class ExperimentConfig:
         seeds: number of seeds, ``first_seed .. first_seed + seeds - 1``.
         first_seed: first seed.
         batch_size: minibatch size (None: the scale's).
-        eval_every: steps between evaluations of the training subset and test set.
+        eval_every: steps between evaluations of the training subset and test set
+            (None: the scale's).
         device: "auto", "cpu" or "cuda".
         optimizers: registry names of the optimizers to compare.
         lstm_checkpoint, slstm_checkpoint: shipped checkpoint name or file path
@@ -97,6 +98,7 @@ class ExperimentConfig:
         train_eval_size, test_eval_size: evaluation subset sizes (None: the
             scale's; 0 for the test set means every test image).
         image_size: side of image-folder images in pixels (None: the preset's).
+        threads: torch CPU threads (None: torch's default).
     """
 
     preset: str = "fashion-mnist"
@@ -108,7 +110,7 @@ class ExperimentConfig:
     seeds: int = 5
     first_seed: int = 0
     batch_size: int | None = None
-    eval_every: int = 5
+    eval_every: int | None = None
     device: str = "auto"
     optimizers: tuple = OPTIMIZER_NAMES
     lstm_checkpoint: str | None = None
@@ -129,11 +131,12 @@ class ExperimentConfig:
     train_eval_size: int | None = None
     test_eval_size: int | None = None
     image_size: int | None = None
+    threads: int | None = None
 
     def validate(self):
         """Raise ``ValueError`` naming the first invalid option and its fix."""
         get_preset(self.preset)
-        for name in ("steps", "seeds", "eval_every", "horizon_factor"):
+        for name in ("steps", "seeds", "horizon_factor"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -141,6 +144,8 @@ class ExperimentConfig:
             "batch_size",
             "meta_episodes",
             "meta_horizon",
+            "eval_every",
+            "threads",
             "study_seeds",
             "validation_size",
             "train_eval_size",
@@ -220,32 +225,29 @@ def run_experiment(config, *, progress=True, command=None, log=None):
     preset = get_preset(config.preset)
     device = resolve_device(config.device)
     scale, scale_reason = resolve_scale(config.scale, device)
-    settings = preset.settings(scale)
-    data_name = config.data or preset.data
+    config = resolve_config(config, preset, scale)
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    data_name = config.data
     model_name = preset.model
     if preset.name == "transfer":
         model_name = TRANSFER_MODELS.get(data_name, preset.model)
-    model_sizes = {**settings.model_sizes, **(config.model_sizes or {})}
-    batch_size = config.batch_size or settings.batch_size
+    model_sizes = config.model_sizes
+    batch_size = config.batch_size
     seeds = list(range(config.first_seed, config.first_seed + config.seeds))
-    study_seeds = seeds[: config.study_seeds or settings.study_seeds]
-    tune_trials = (
-        settings.tune_trials if config.tune_trials is None else config.tune_trials
-    )
+    study_seeds = seeds[: config.study_seeds]
 
     out_dir = _output_dir(config.out, preset.name, scale)
-    records.write_config(_config_dict(config, scale, scale_reason, device), out_dir)
+    records.write_config(_config_dict(config, scale_reason, device), out_dir)
     log(f"experiment {preset.name}: scale {scale} ({scale_reason})")
     log(f"writing to {out_dir}")
 
     # Data and the fixed evaluation subsets.
     phase = time.perf_counter()
-    splits = _load_data(preset, config, data_name, settings, device)
+    splits = _load_data(config, device)
     eval_sets = EvalSets(
-        loss_split=_fixed_subset(
-            splits.train, config.train_eval_size or settings.train_eval_size
-        ),
-        error_split=_fixed_subset(splits.test, _test_eval_size(config, settings)),
+        loss_split=_fixed_subset(splits.train, config.train_eval_size),
+        error_split=_fixed_subset(splits.test, config.test_eval_size or None),
     )
     timing["data"] = time.perf_counter() - phase
 
@@ -295,7 +297,7 @@ def run_experiment(config, *, progress=True, command=None, log=None):
     # Learned optimizers: shipped checkpoints, given files, or meta-training.
     phase = time.perf_counter()
     learned = load_learned_optimizers(
-        config, preset, data_name, settings, out_dir, device, progress=progress, log=log
+        config, preset, out_dir, device, progress=progress, log=log
     )
     checkpoints = {}
     for name, source in learned.items():
@@ -324,7 +326,7 @@ def run_experiment(config, *, progress=True, command=None, log=None):
 
     # Learning rates of the baselines.
     phase = time.perf_counter()
-    learning_rates = choose_learning_rates(config, tune_trials, context, progress, log)
+    learning_rates = choose_learning_rates(config, context, progress, log)
     timing["tuning"] = time.perf_counter() - phase
 
     # The comparison.
@@ -384,16 +386,45 @@ def run_experiment(config, *, progress=True, command=None, log=None):
     return ExperimentResult(out_dir=out_dir, record=record, files=files)
 
 
-def _load_data(preset, config, data_name, settings, device):
+def resolve_config(config, preset, scale):
+    """Return ``config`` with every scale-dependent None replaced by its value.
+
+    The result is what config.json and results.json record, so a saved
+    experiment names the sizes it ran with, not "the scale's default".
+    """
+    settings = preset.settings(scale)
+    return dataclasses.replace(
+        config,
+        scale=scale,
+        data=config.data or preset.data,
+        batch_size=config.batch_size or settings.batch_size,
+        eval_every=config.eval_every or settings.eval_every,
+        tune_trials=(
+            settings.tune_trials if config.tune_trials is None else config.tune_trials
+        ),
+        study_seeds=min(config.study_seeds or settings.study_seeds, config.seeds),
+        model_sizes={**settings.model_sizes, **(config.model_sizes or {})},
+        validation_size=config.validation_size or settings.validation_size,
+        train_eval_size=config.train_eval_size or settings.train_eval_size,
+        test_eval_size=(
+            (settings.test_eval_size or 0)
+            if config.test_eval_size is None
+            else config.test_eval_size
+        ),
+        image_size=config.image_size or preset.image_size,
+    )
+
+
+def _load_data(config, device):
     from slstm.data import load_dataset
 
     kwargs = {}
-    if data_name == "imagefolder":
-        kwargs["image_size"] = config.image_size or preset.image_size
+    if config.data == "imagefolder":
+        kwargs["image_size"] = config.image_size
     return load_dataset(
-        data_name,
+        config.data,
         config.data_dir,
-        validation=config.validation_size or settings.validation_size,
+        validation=config.validation_size,
         seed=SPLIT_SEED,
         device=device,
         **kwargs,
@@ -412,12 +443,6 @@ def _fixed_subset(split, size):
         index = index.to(split.inputs.device)
         return TensorSplit(split.inputs[index], split.targets[index])
     return torch.utils.data.Subset(split, index.tolist())
-
-
-def _test_eval_size(config, settings):
-    if config.test_eval_size is None:
-        return settings.test_eval_size
-    return config.test_eval_size or None
 
 
 def _output_dir(out, preset_name, scale):
@@ -440,13 +465,10 @@ def _output_dir(out, preset_name, scale):
     return path
 
 
-def _config_dict(config, scale, scale_reason, device):
+def _config_dict(config, scale_reason, device):
     values = config.to_dict()
-    values["resolved"] = {
-        "scale": scale,
-        "scale_reason": scale_reason,
-        "device": str(device),
-    }
+    values["scale_reason"] = scale_reason
+    values["resolved_device"] = str(device)
     return values
 
 

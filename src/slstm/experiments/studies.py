@@ -90,7 +90,7 @@ class RunContext:
         )
 
 
-def choose_learning_rates(config, tune_trials, context, progress, log):
+def choose_learning_rates(config, context, progress, log):
     """Return the learning-rate record of every optimizer, tuning where asked."""
     from tqdm.auto import tqdm
 
@@ -104,7 +104,7 @@ def choose_learning_rates(config, tune_trials, context, progress, log):
                 "lr": float(config.learning_rates[name]),
                 "source": "option",
             }
-        elif tune_trials == 0:
+        elif config.tune_trials == 0:
             from slstm.optim import OPTIMIZERS
 
             chosen[name] = {
@@ -122,7 +122,7 @@ def choose_learning_rates(config, tune_trials, context, progress, log):
 
     seed = config.first_seed + TUNING_SEED_OFFSET
     bar = tqdm(
-        total=len(to_tune) * tune_trials,
+        total=len(to_tune) * config.tune_trials,
         desc="tuning",
         unit="trial",
         disable=not progress,
@@ -149,7 +149,7 @@ def choose_learning_rates(config, tune_trials, context, progress, log):
 
         low, high = LR_SEARCH_RANGES[name]
         result = tune_learning_rate(
-            objective, low=low, high=high, n_trials=tune_trials, seed=seed
+            objective, low=low, high=high, n_trials=config.tune_trials, seed=seed
         )
         chosen[name] = {
             "lr": result.best_lr,
