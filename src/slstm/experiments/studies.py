@@ -201,9 +201,10 @@ def run_comparison(config, seeds, learning_rates, context, progress):
 def run_lr_sensitivity(config, seeds, learning_rates, context, progress):
     from tqdm.auto import tqdm
 
-    # ×1 is the main comparison on the same seeds, so it is not run again.
+    # ×1 is the main comparison on the same seeds, so it is not run again. The
+    # study reports only the final loss, so it evaluates only at the ends.
     multipliers = sorted(m for m in set(config.lr_multipliers) if m != 1.0)
-    eval_steps = evaluation_steps(config.steps, config.eval_every)
+    eval_steps = [0, config.steps]
     runs = []
     bar = tqdm(
         total=len(seeds) * len(config.optimizers) * len(multipliers),
@@ -232,14 +233,16 @@ def run_lr_sensitivity(config, seeds, learning_rates, context, progress):
     return runs
 
 
+def horizon_eval_steps(steps, eval_every, meta_horizon):
+    """Return about 20 evaluation steps of a horizon run, one at ``meta_horizon``."""
+    return evaluation_steps(steps, max(eval_every, steps // 20), extra=[meta_horizon])
+
+
 def run_horizon(config, horizon, names, learning_rates, context, progress):
     from tqdm.auto import tqdm
 
     steps = horizon["steps"]
-    # About 50 evaluations per run, one of them at the meta-training horizon.
-    eval_steps = evaluation_steps(
-        steps, max(config.eval_every, steps // 50), extra=[horizon["meta_horizon"]]
-    )
+    eval_steps = horizon_eval_steps(steps, config.eval_every, horizon["meta_horizon"])
     runs = []
     bar = tqdm(
         total=len(horizon["seeds"]) * len(names),
