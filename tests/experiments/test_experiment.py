@@ -327,3 +327,35 @@ def test_meta_train_option_trains_and_uses_checkpoints(data_dir, tmp_path):
     # The horizon study reads the horizon from the new checkpoint's provenance.
     assert result.record.setup["horizon"]["steps"] == 2 * 4
     assert (tmp_path / "meta" / "meta-train" / "slstm" / "config.json").is_file()
+
+
+def test_transfer_preset_meta_trains_on_five_classes(data_dir, tmp_path):
+    config = tiny_config(
+        data_dir,
+        {"lstm": None, "slstm": None},
+        tmp_path / "transfer",
+        preset="transfer",
+        lstm_checkpoint=None,
+        slstm_checkpoint=None,
+        optimizers=("sgd", "lstm"),
+        learning_rates={"sgd": 0.01},
+        studies=(),
+        seeds=1,
+        meta_episodes=1,
+        meta_horizon=2,
+        # Meta-training validates on 10 % of the 150 five-class images.
+        batch_size=8,
+    )
+    result = run_experiment(config, progress=False)
+    trained = result.record.checkpoints["lstm"]["trained_on"]
+    assert trained["net"] == "small_cnn"
+    meta_config = json.loads(
+        (tmp_path / "transfer" / "meta-train" / "lstm" / "config.json").read_text()
+    )
+    assert meta_config["classes"] == 5
+    assert result.record.setup["model"]["name"] == "mnist_cnn"
+    assert result.record.setup["data"]["num_classes"] == 10
+    assert (
+        "network small_cnn (here mnist_cnn)"
+        in result.record.checkpoints["lstm"]["note"]
+    )

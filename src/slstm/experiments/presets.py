@@ -197,7 +197,7 @@ PRESETS = {
         data="imagefolder",
         model="imagenet_cnn",
         small=ScaleSettings(
-            model_sizes={"channels": 16},
+            model_sizes={"channels": (16, 32, 64, 64, 64), "hidden": 256},
             batch_size=32,
             train_eval_size=512,
             test_eval_size=1_000,
@@ -208,7 +208,8 @@ PRESETS = {
         ),
         full=ScaleSettings(batch_size=128, train_eval_size=5_000),
         meta_train=MetaTrainSettings(
-            model="imagenet_cnn", model_sizes={"channels": 16}
+            model="imagenet_cnn",
+            model_sizes={"channels": (16, 32, 64, 64, 64), "hidden": 256},
         ),
     ),
     "transfer": Preset(
