@@ -2,8 +2,9 @@
 
 Times one training step of each optimizer and one evaluation on the preset's
 network at the chosen scale, as ratios to an SGD step measured in the same
-process, then multiplies by the number of steps and evaluations the default
-experiment runs (tuning, comparison, learning-rate sensitivity, horizon).
+process. The projection multiplies these costs by the number of steps and
+evaluations of the default experiment (tuning, comparison, learning-rate
+sensitivity, horizon).
 With --run it also runs the experiment and prints the measured time per phase.
 
     PYTHONPATH=src python bench/experiment_budget.py [--run] [--threads N]
@@ -61,9 +62,9 @@ def main(argv=None):
         f"{config.test_eval_size or 'all'} test images)"
     )
 
-    # Wall time includes waiting for other processes on a shared machine; the
-    # CPU-time projection estimates the same run on an otherwise idle machine
-    # (exact only for one thread).
+    # Wall time includes waiting for other processes on a shared machine. The
+    # CPU-time projection estimates the same run on an idle machine, and it is
+    # exact only for one thread.
     by_wall, by_cpu = project(config, wall), project(config, cpu)
     print("\nprojected time of the default experiment, from wall / CPU time:")
     for phase in by_wall:

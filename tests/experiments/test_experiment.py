@@ -99,7 +99,7 @@ def test_all_six_optimizers_run(experiment):
         assert run.eval_steps[0] == 0
 
 
-def test_learned_optimizers_change_the_weights(experiment):
+def test_learned_optimizers_move_loss(experiment):
     for name in ("lstm", "slstm"):
         for run in experiment.record.runs_of("main", name):
             assert run.train_loss[-1] != run.train_loss[0]
@@ -247,7 +247,7 @@ def test_same_seed_same_numbers(experiment, data_dir, checkpoints, tmp_path):
         assert a.test_error == b.test_error
 
 
-def test_divergence_is_recorded_and_others_continue(data_dir, checkpoints, tmp_path):
+def test_divergence_recorded_others_continue(data_dir, checkpoints, tmp_path):
     config = tiny_config(
         data_dir,
         checkpoints,
@@ -270,7 +270,7 @@ def test_divergence_is_recorded_and_others_continue(data_dir, checkpoints, tmp_p
     assert "set with --lr" in summary
 
 
-def test_existing_results_are_not_overwritten(experiment, data_dir, checkpoints):
+def test_existing_results_kept(experiment, data_dir, checkpoints):
     config = tiny_config(data_dir, checkpoints, experiment.out_dir)
     with pytest.raises(FileExistsError, match="--out"):
         run_experiment(config, progress=False)
@@ -303,7 +303,7 @@ def test_cli_rejects_bad_learning_rate(capsys):
     assert "NAME=VALUE" in capsys.readouterr().err
 
 
-def test_meta_train_option_trains_and_uses_checkpoints(data_dir, tmp_path):
+def test_meta_train_option(data_dir, tmp_path):
     config = tiny_config(
         data_dir,
         {"lstm": None, "slstm": None},
@@ -329,7 +329,7 @@ def test_meta_train_option_trains_and_uses_checkpoints(data_dir, tmp_path):
     assert (tmp_path / "meta" / "meta-train" / "slstm" / "config.json").is_file()
 
 
-def test_transfer_preset_meta_trains_on_five_classes(data_dir, tmp_path):
+def test_transfer_preset_five_classes(data_dir, tmp_path):
     config = tiny_config(
         data_dir,
         {"lstm": None, "slstm": None},

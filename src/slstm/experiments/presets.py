@@ -67,7 +67,7 @@ class ScaleSettings:
 
 @dataclass(frozen=True)
 class MetaTrainSettings:
-    """How ``--meta-train`` meta-trains the learned optimizers for a preset.
+    """Meta-training task of a preset, used by ``--meta-train``.
 
     Attributes:
         model: network of the meta-training tasks (a ``slstm.models.MODELS`` name).

@@ -32,6 +32,7 @@ from .presets import (
     DISPLAY_NAMES,
     LEARNED,
     OPTIMIZER_NAMES,
+    SCALES,
     STUDIES,
     TRANSFER_MODELS,
     get_preset,
@@ -136,6 +137,11 @@ class ExperimentConfig:
     def validate(self):
         """Raise ``ValueError`` naming the first invalid option and its fix."""
         get_preset(self.preset)
+        if self.scale not in SCALES:
+            raise ValueError(
+                f"unknown scale {self.scale!r}; choose one of {', '.join(SCALES)}"
+            )
+
         for name in ("steps", "seeds", "horizon_factor"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -155,14 +161,18 @@ class ExperimentConfig:
                 raise ValueError(
                     f"{name} must be a positive int or None, got {value!r}"
                 )
-        if self.tune_trials is not None and self.tune_trials < 0:
-            raise ValueError(f"tune_trials must be >= 0, got {self.tune_trials}")
+        for name in ("tune_trials", "test_eval_size"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise ValueError(f"{name} must be an int >= 0 or None, got {value!r}")
+
         unknown = [name for name in self.optimizers if name not in OPTIMIZER_NAMES]
         if unknown or not self.optimizers:
             raise ValueError(
                 f"invalid optimizers {list(self.optimizers)}; choose from "
                 f"{', '.join(OPTIMIZER_NAMES)}"
             )
+
         unknown = [name for name in self.learning_rates if name not in BASELINES]
         if unknown:
             raise ValueError(
@@ -172,6 +182,7 @@ class ExperimentConfig:
         for name, lr in self.learning_rates.items():
             if not (isinstance(lr, int | float) and lr > 0 and math.isfinite(lr)):
                 raise ValueError(f"learning rate of {name} must be > 0, got {lr!r}")
+
         unknown = [name for name in self.studies if name not in STUDIES]
         if unknown:
             raise ValueError(
@@ -189,7 +200,7 @@ class ExperimentConfig:
 
 @dataclass
 class ExperimentResult:
-    """What ``run_experiment`` returns.
+    """Output of ``run_experiment``.
 
     Attributes:
         out_dir: the output directory.
@@ -450,7 +461,7 @@ def _output_dir(out, preset_name, scale):
         path = Path(out)
         if (path / records.RESULTS_FILE).exists():
             raise FileExistsError(
-                f"{path} already holds an experiment (results.json); pass a new "
+                f"{path} already contains an experiment (results.json); pass a new "
                 "directory with --out or remove the old one"
             )
         path.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ TUNING_SEED_OFFSET = 10_000
 
 @dataclass
 class RunContext:
-    """What every training run of one experiment shares."""
+    """Network, data, device and learned optimizers shared by an experiment's runs."""
 
     model: torch.nn.Module
     new_model: object
