@@ -169,6 +169,8 @@ def test_summary_has_row_per_optimizer(experiment):
         assert f"| {DISPLAY_NAMES[name]} |" in text
     assert "scale: **small**" in text
     assert "dataset: generated in the test" in text
+    stored = json.loads((experiment.out_dir / "results.json").read_text())["summary"]
+    assert [row["optimizer"] for row in stored] == list(OPTIMIZER_NAMES)
 
 
 def test_same_start_and_batches_within_seed(experiment):
@@ -290,6 +292,8 @@ def test_auto_scale_follows_device():
         ({"learning_rates": {"lstm": 0.1}}, "--lr-multipliers"),
         ({"studies": ("everything",)}, "unknown studies"),
         ({"preset": "svhn"}, "unknown preset"),
+        ({"scale": "huge"}, "unknown scale"),
+        ({"test_eval_size": -1}, "test_eval_size must be an int >= 0"),
     ],
 )
 def test_invalid_config_names_value(overrides, message):

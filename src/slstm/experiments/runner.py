@@ -45,7 +45,7 @@ from .studies import (
     run_horizon,
     run_lr_sensitivity,
 )
-from .summary import format_main_table, render_summary
+from .summary import format_main_table, render_summary, summary_table
 from .training import EvalSets, evaluation_steps
 
 DEFAULT_LR_MULTIPLIERS = (0.1, 0.3, 1.0, 3.0, 10.0)
@@ -385,6 +385,7 @@ def run_experiment(config, *, progress=True, command=None, log=None):
         runs=runs,
         timing=timing,
     )
+    record.summary = summary_table(record)
     files = list(records.write_results(record, out_dir))
     files += plot_results(record, out_dir)
     summary_path = out_dir / records.SUMMARY_FILE
