@@ -225,7 +225,7 @@ def add_arguments(parser):
         type=int,
         default=None,
         metavar="N",
-        help="torch CPU threads (default: torch's choice, usually one per core)",
+        help="torch CPU threads (default: 1 at small scale, torch's choice at full)",
     )
     parser.add_argument(
         "--quiet", action="store_true", help="no progress bars (status lines remain)"

@@ -53,6 +53,7 @@ class ScaleSettings:
         tune_trials: random-search trials per baseline.
         study_seeds: seeds of each extra study (learning-rate sensitivity, horizon).
         eval_every: steps between evaluations.
+        threads: torch CPU threads, or None for torch's default.
     """
 
     model_sizes: dict = field(default_factory=dict)
@@ -63,6 +64,7 @@ class ScaleSettings:
     tune_trials: int = 10
     study_seeds: int = 3
     eval_every: int = 5
+    threads: int | None = None
 
 
 @dataclass(frozen=True)
@@ -139,6 +141,9 @@ def resolve_scale(scale, device):
 
 # Evaluations cost more than training at this size (a forward pass over 2,024
 # images against 64 forward and backward passes per step), hence every 10 steps.
+# One thread: a 16-map network's tensors gain little from intra-op threads, and
+# on a loaded 2-core machine two threads made a training step 4 to 8 times
+# slower than one (bench/experiment_budget.py notes in docs/benchmarks.md).
 _MNIST_SMALL = ScaleSettings(
     model_sizes={"channels": 16},
     batch_size=64,
@@ -148,6 +153,7 @@ _MNIST_SMALL = ScaleSettings(
     tune_trials=8,
     study_seeds=2,
     eval_every=10,
+    threads=1,
 )
 _MNIST_FULL = ScaleSettings(model_sizes={"channels": 64}, batch_size=128)
 
@@ -160,6 +166,7 @@ _CIFAR_SMALL = ScaleSettings(
     tune_trials=8,
     study_seeds=2,
     eval_every=10,
+    threads=1,
 )
 _CIFAR_FULL = ScaleSettings(batch_size=128)
 
@@ -205,6 +212,7 @@ PRESETS = {
             tune_trials=6,
             study_seeds=2,
             eval_every=10,
+            threads=1,
         ),
         full=ScaleSettings(batch_size=128, train_eval_size=5_000),
         meta_train=MetaTrainSettings(

@@ -99,7 +99,8 @@ class ExperimentConfig:
         train_eval_size, test_eval_size: evaluation subset sizes (None: the
             scale's; 0 for the test set means every test image).
         image_size: side of image-folder images in pixels (None: the preset's).
-        threads: torch CPU threads (None: torch's default).
+        threads: torch CPU threads (None: the scale's, 1 at small scale and
+            torch's default at full scale).
     """
 
     preset: str = "fashion-mnist"
@@ -225,20 +226,30 @@ def run_experiment(config, *, progress=True, command=None, log=None):
     Returns:
         ``ExperimentResult``.
     """
-    config.validate()
-    log = log or _tqdm_write
-    started = time.perf_counter()
-    timing = {}
-
-    from slstm.models import build_model, count_parameters
     from slstm.utils import resolve_device
 
+    config.validate()
     preset = get_preset(config.preset)
     device = resolve_device(config.device)
     scale, scale_reason = resolve_scale(config.scale, device)
     config = resolve_config(config, preset, scale)
+    threads = torch.get_num_threads()
     if config.threads is not None:
         torch.set_num_threads(config.threads)
+    try:
+        return _run(config, preset, device, scale_reason, progress, command, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(config, preset, device, scale_reason, progress, command, log):
+    """Run a resolved ``config``; see ``run_experiment``."""
+    from slstm.models import build_model, count_parameters
+
+    log = log or _tqdm_write
+    started = time.perf_counter()
+    timing = {}
+    scale = config.scale
     data_name = config.data
     model_name = preset.model
     if preset.name == "transfer":
@@ -424,6 +435,7 @@ def resolve_config(config, preset, scale):
             else config.test_eval_size
         ),
         image_size=config.image_size or preset.image_size,
+        threads=config.threads or settings.threads,
     )
 
 
