@@ -16,7 +16,7 @@ TUNING_SEED_OFFSET = 10_000
 
 @dataclass
 class RunContext:
-    """What every training run of one experiment shares."""
+    """Network, data, device and learned optimizers shared by an experiment's runs."""
 
     model: torch.nn.Module
     new_model: object
@@ -90,7 +90,7 @@ class RunContext:
         )
 
 
-def choose_learning_rates(config, tune_trials, context, progress, log):
+def choose_learning_rates(config, context, progress, log):
     """Return the learning-rate record of every optimizer, tuning where asked."""
     from tqdm.auto import tqdm
 
@@ -104,7 +104,7 @@ def choose_learning_rates(config, tune_trials, context, progress, log):
                 "lr": float(config.learning_rates[name]),
                 "source": "option",
             }
-        elif tune_trials == 0:
+        elif config.tune_trials == 0:
             from slstm.optim import OPTIMIZERS
 
             chosen[name] = {
@@ -122,7 +122,7 @@ def choose_learning_rates(config, tune_trials, context, progress, log):
 
     seed = config.first_seed + TUNING_SEED_OFFSET
     bar = tqdm(
-        total=len(to_tune) * tune_trials,
+        total=len(to_tune) * config.tune_trials,
         desc="tuning",
         unit="trial",
         disable=not progress,
@@ -149,7 +149,7 @@ def choose_learning_rates(config, tune_trials, context, progress, log):
 
         low, high = LR_SEARCH_RANGES[name]
         result = tune_learning_rate(
-            objective, low=low, high=high, n_trials=tune_trials, seed=seed
+            objective, low=low, high=high, n_trials=config.tune_trials, seed=seed
         )
         chosen[name] = {
             "lr": result.best_lr,
@@ -201,9 +201,10 @@ def run_comparison(config, seeds, learning_rates, context, progress):
 def run_lr_sensitivity(config, seeds, learning_rates, context, progress):
     from tqdm.auto import tqdm
 
-    # ×1 is the main comparison on the same seeds, so it is not run again.
+    # ×1 is the main comparison on the same seeds, so it is not run again. The
+    # study reports only the final loss, so it evaluates only at the ends.
     multipliers = sorted(m for m in set(config.lr_multipliers) if m != 1.0)
-    eval_steps = evaluation_steps(config.steps, config.eval_every)
+    eval_steps = [0, config.steps]
     runs = []
     bar = tqdm(
         total=len(seeds) * len(config.optimizers) * len(multipliers),
@@ -232,14 +233,16 @@ def run_lr_sensitivity(config, seeds, learning_rates, context, progress):
     return runs
 
 
+def horizon_eval_steps(steps, eval_every, meta_horizon):
+    """Return about 20 evaluation steps of a horizon run, one at ``meta_horizon``."""
+    return evaluation_steps(steps, max(eval_every, steps // 20), extra=[meta_horizon])
+
+
 def run_horizon(config, horizon, names, learning_rates, context, progress):
     from tqdm.auto import tqdm
 
     steps = horizon["steps"]
-    # About 50 evaluations per run, one of them at the meta-training horizon.
-    eval_steps = evaluation_steps(
-        steps, max(config.eval_every, steps // 50), extra=[horizon["meta_horizon"]]
-    )
+    eval_steps = horizon_eval_steps(steps, config.eval_every, horizon["meta_horizon"])
     runs = []
     bar = tqdm(
         total=len(horizon["seeds"]) * len(names),
