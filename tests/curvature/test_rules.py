@@ -113,9 +113,12 @@ def make_module(name):
 
 
 def expected_input_diagonal(module, x, loss_of_output):
-    """The exact input diagonal; for a conv whose padding copies entries, the
-    diagonal at the padded input summed over the copies (the padding is its own
-    step, whose cross terms between an entry and its copies are dropped)."""
+    """Return the exact input diagonal.
+
+    For a conv whose padding copies entries, return the diagonal at the padded
+    input summed over the copies instead. The padding is its own step, so the
+    cross terms between an entry and its copies are dropped.
+    """
     if isinstance(module, nn.Conv2d) and module.padding_mode != "zeros":
         padded = F.pad(
             x, module._reversed_padding_repeated_twice, mode=module.padding_mode

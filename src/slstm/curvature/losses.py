@@ -1,4 +1,4 @@
-"""Where the backward pass starts: ``g`` and the exact ``H`` at the model output.
+"""The start of the backward pass: ``g`` and the exact ``H`` at the model output.
 
 For softmax cross-entropy on logits ``z`` with target weights ``a`` (one row of
 non-negative coefficients per sample), the per-sample loss is
