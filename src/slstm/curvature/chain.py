@@ -98,7 +98,7 @@ class Chain:
         """
         self.order: list[ModuleRule] = []
         self._previous = (weakref.ref(inputs), inputs._version, None)
-        self._pending: dict[int, tuple[Tensor, int]] = {}
+        self._pending: dict[int, Tensor] = {}
         handles = []
         replaced = []
         try:
