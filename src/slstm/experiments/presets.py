@@ -31,9 +31,9 @@ DISPLAY_NAMES = {
 # meta-training learns.
 LR_SEARCH_RANGES = {
     "sgd": (1e-3, 1.0),
-    "rmsprop": (1e-5, 1e-1),
-    "adam": (1e-5, 1e-1),
-    "diagonal-newton": (1e-3, 1.0),
+    "rmsprop": (1e-4, 1e-1),
+    "adam": (1e-4, 1e-1),
+    "diagonal-newton": (1e-4, 1.0),
 }
 
 STUDIES = ("lr-sensitivity", "horizon")
