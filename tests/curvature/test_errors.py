@@ -248,7 +248,7 @@ def test_module_with_extra_arguments():
 
 def test_invalid_method_and_samples():
     model = nn.Sequential(nn.Linear(4, 2))
-    with pytest.raises(ValueError, match="method='newton' is not known"):
+    with pytest.raises(ValueError, match="method='newton' is invalid"):
         run(model, method="newton")
     with pytest.raises(ValueError, match="samples=0 must be a positive integer"):
         backward(

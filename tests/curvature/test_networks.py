@@ -8,6 +8,12 @@ from torch.func import functional_call
 
 from slstm.curvature import backward
 
+# torch warns that it copies the input for an even 'same' kernel; expected here.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Using padding='same' with even kernel lengths:UserWarning"
+)
+
+
 ACTIVATIONS = {
     "relu": nn.ReLU,
     "leaky-relu": lambda: nn.LeakyReLU(0.1),

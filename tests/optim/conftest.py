@@ -99,6 +99,15 @@ def _cnn_meta_loss(nets, config, generator, inputs, targets, seed, unroll=8):
 def meta_train(preset, inputs, targets, meta_steps=40, seed=0):
     """Meta-train ``preset``'s networks briefly, alternating between random
     quadratics (20-step unrolls) and fresh digits CNNs (8-step unrolls)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # see one_thread
+    try:
+        return _meta_train(preset, inputs, targets, meta_steps, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _meta_train(preset, inputs, targets, meta_steps, seed):
     config = LearnedOptimizerConfig.preset(preset)
     torch.manual_seed(seed)
     nets = create_update_nets(config)

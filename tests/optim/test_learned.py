@@ -463,3 +463,64 @@ def test_every_weight_changes_after_meta_step():
     meta_step(nets, config, meta_optimizer, seed=1)
     for name, weight in named.items():
         assert not torch.equal(weight.detach(), after_first[name]), name
+
+
+def test_chunked_step_matches_whole_step():
+    config = LearnedOptimizerConfig.preset("slstm")
+    nets = random_nets(config)
+    model = small_cnn(channels=3)
+    twin = copy.deepcopy(model)
+    whole = LearnedOptimizer(model, nets, config)
+    chunked = LearnedOptimizer(twin, nets, config, chunk_size=5)
+    for step in range(3):
+        set_gradients(model, seed=step)
+        set_gradients(twin, seed=step)
+        whole.step()
+        chunked.step()
+    for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
+        torch.testing.assert_close(whole.state[p]["hidden"], chunked.state[q]["hidden"])
+        torch.testing.assert_close(whole.state[p]["cell"], chunked.state[q]["cell"])
+
+
+def test_rejects_bad_chunk_size():
+    config = LearnedOptimizerConfig.preset("lstm")
+    with pytest.raises(ValueError, match="chunk_size"):
+        LearnedOptimizer(small_cnn(), create_update_nets(config), config, chunk_size=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_step_on_cuda_matches_cpu():
+    config = LearnedOptimizerConfig.preset("slstm")
+    nets = random_nets(config)
+    model = small_cnn()
+    twin = copy.deepcopy(model).cuda()
+    cpu_optimizer = LearnedOptimizer(model, nets, config)
+    cuda_optimizer = LearnedOptimizer(twin, copy.deepcopy(nets).cuda(), config)
+    for step in range(2):
+        set_gradients(model, seed=step)
+        for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+            q.grad = p.grad.cuda()
+            q.hessian_diag = p.hessian_diag.cuda()
+        cpu_optimizer.step()
+        cuda_optimizer.step()
+    for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(q.cpu(), p, rtol=1e-4, atol=1e-5)
+        assert cuda_optimizer.state[q]["hidden"].is_cuda
+
+
+def test_float64_nets_serve_float32_params():
+    config = LearnedOptimizerConfig.preset("lstm")
+    nets = random_nets(config).to(torch.float64)
+    params = [torch.zeros(3)]
+    new_params, _ = learned_update(nets, config, params, [torch.ones(3)], None, ["fc"])
+    assert new_params[0].dtype == torch.float32
+    assert torch.count_nonzero(new_params[0]) == 3
+
+
+def test_nets_on_other_device_rejected():
+    config = LearnedOptimizerConfig.preset("lstm")
+    params = [torch.zeros(3)]
+    meta = random_nets(config).to("meta")
+    with pytest.raises(ValueError, match="move the networks"):
+        learned_update(meta, config, params, [torch.ones(3)], None, ["fc"])

@@ -33,8 +33,8 @@ def check_loss(loss_fn: nn.Module) -> None:
         )
     if loss_fn.reduction not in REDUCTIONS:
         raise UnsupportedModelError(
-            f"{type(loss_fn).__name__}(reduction={loss_fn.reduction!r}) is not "
-            f"known; use one of {', '.join(REDUCTIONS)}"
+            f"{type(loss_fn).__name__}(reduction={loss_fn.reduction!r}) is "
+            f"invalid; use one of {', '.join(REDUCTIONS)}"
         )
 
 

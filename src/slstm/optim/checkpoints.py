@@ -90,10 +90,10 @@ def save_checkpoint(
     """Write ``nets``, ``config`` and ``provenance`` to ``path`` and return the path.
 
     ``provenance`` should name the ``"command"``, the meta-training
-    ``"configuration"`` and the ``"dataset"``; ``"code_version"``
-    (``slstm.__version__``), ``"git_commit"`` (None outside a git checkout),
-    ``"saved_at"`` (UTC, ISO 8601) and a missing ``"command"`` (``sys.argv``) are
-    filled in. It must be JSON-compatible, so the file stays loadable with
+    ``"configuration"`` and the ``"dataset"``. Saving adds ``"code_version"``
+    (``slstm.__version__``), ``"git_commit"`` (None outside a git checkout) and
+    ``"saved_at"`` (UTC, ISO 8601), and fills a missing ``"command"`` from
+    ``sys.argv``. It must be JSON-compatible, so the file stays loadable with
     ``weights_only=True``. The file is written to a temporary name and renamed, so
     an interrupted save never leaves a truncated checkpoint.
     """
@@ -169,7 +169,7 @@ def resolve_checkpoint(name_or_path) -> Path:
 def load_checkpoint(name_or_path, map_location=None) -> Checkpoint:
     """Read a checkpoint by shipped name or path.
 
-    Raises ``CheckpointError`` when the file is missing, holds anything besides
+    Raises ``CheckpointError`` when the file is missing, contains anything besides
     tensors and plain containers (``torch.load`` with ``weights_only=True`` would
     have to run code to rebuild it), is not a checkpoint of this format, was
     written by a newer format version, or its weights do not fit its

@@ -32,7 +32,7 @@ def step_inputs(param_groups, *, hessian: bool):
     leaves the model untouched. With ``hessian``, a missing ``p.hessian_diag``
     raises ``ValueError``. In groups whose ``"check_inputs"`` is true (the default),
     NaN or inf in a gradient or a used diagonal Hessian raises
-    ``NonFiniteInputError``; the common all-finite case costs one synchronisation.
+    ``NonFiniteInputError``. The common all-finite case costs one synchronisation.
     """
     entries = []
     for group_index, group in enumerate(param_groups):

@@ -25,18 +25,23 @@ class DiagonalNewton(torch.optim.Optimizer):
     Args:
         params: parameters or parameter groups.
         lr: step size; 1 takes the full damped Newton step.
-        eps: damping, in units of the loss per squared parameter unit (the unit
-            of ``h``).
+        eps: damping, in the unit of ``h`` (loss per squared parameter unit).
         damping: ``"abs"`` or ``"clamp"``, as above.
         check_inputs: raise ``NonFiniteInputError`` on NaN or inf gradients or
             curvature instead of writing NaN into the parameters.
+
+    The defaults ``lr=1e-3`` and ``eps=1e-4`` were the best of a 3 x 3 grid (lr
+    1e-3 to 1e-2, eps 1e-5 to 1e-3) for 40 steps of the MNIST CNN on
+    Fashion-MNIST at batch 64. The curvature was the Becker-LeCun diagonal of the
+    batch-mean cross-entropy, whose conv-layer entries there are mostly 2e-7 to
+    1e-5. Larger steps diverged. Retune both for other losses or scales.
     """
 
     def __init__(
         self,
         params,
-        lr: float = 0.1,
-        eps: float = 1e-2,
+        lr: float = 1e-3,
+        eps: float = 1e-4,
         damping: str = "abs",
         *,
         check_inputs: bool = True,

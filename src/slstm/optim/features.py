@@ -9,7 +9,7 @@ LSTM on a common scale:
     (-1, e^p * x)          otherwise
 
 ``build_features`` is the one place that decides which inputs a configuration
-feeds and in which column order; ``num_features`` derives the LSTM input size
+feeds and in which column order. ``num_features`` derives the LSTM input size
 from the same list.
 """
 
@@ -28,9 +28,9 @@ def preprocess(x: torch.Tensor, p: float = 10.0) -> torch.Tensor:
     Both components lie in [-1, 1] for ``|x| <= 1`` and grow only as ``log|x|`` for
     large ``|x|``. The first component is continuous at ``|x| = e^-p`` (both
     branches give -1). The function and its derivative are finite for every finite
-    ``x``, including 0 and subnormal numbers: ``torch.where`` evaluates both
-    branches, so the logarithm only ever sees ``|x|`` where it is large enough and
-    1 elsewhere.
+    ``x``, including 0 and subnormal numbers. ``torch.where`` evaluates both
+    branches, so the logarithm is given ``|x|`` where it is large enough and 1
+    elsewhere.
     """
     if not p > 0:
         raise ValueError(f"preprocessing exponent p must be positive, got {p!r}")
@@ -56,8 +56,8 @@ def build_features(
     """Build the ``(N, num_features(config))`` input of the update network.
 
     ``grad`` and ``hessian_diag`` have the shape of one parameter tensor with ``N``
-    elements; they are flattened, so coordinate ``i`` of the result belongs to
-    element ``i`` of the flattened parameter. ``hessian_diag`` is read only when
+    elements. They are flattened, so row ``i`` of the result belongs to element
+    ``i`` of the flattened parameter. ``hessian_diag`` is read only when
     ``"hessian"`` is among ``config.inputs``.
     """
     columns = []

@@ -70,12 +70,15 @@ def compute_update(
     *,
     name: str = "parameter",
     check_inputs: bool = True,
+    workspace: dict | None = None,
 ) -> tuple[torch.Tensor, LSTMState]:
     """Return the update of one parameter tensor (same shape as ``grad``) and the
     new state.
 
     ``grad`` and ``hessian_diag`` are detached here: meta-gradients reach the
-    network's weights and the parameters, never the optimizer's inputs.
+    network's weights and the parameters, never the optimizer's inputs. With a
+    ``workspace`` dict, the step runs without autograd and overwrites ``state``
+    (see ``UpdateNet.forward_in_place``), and the returned state is ``state``.
     """
     grad = grad.detach()
     if hessian_diag is not None:
@@ -96,7 +99,10 @@ def compute_update(
             f"{weight.device}; move the networks with nets.to({str(grad.device)!r})"
         )
     features = build_features(grad, hessian_diag, config).to(weight.dtype)
-    update, new_state = net(features, state)
+    if workspace is None:
+        update, new_state = net(features, state)
+    else:
+        update, new_state = net.forward_in_place(features, state, workspace), state
     return update.view_as(grad).to(grad.dtype), new_state
 
 
@@ -194,6 +200,10 @@ class LearnedOptimizer(torch.optim.Optimizer):
         config: the configuration the networks were built with.
         check_inputs: raise ``NonFiniteInputError`` on NaN or inf gradients or
             curvature instead of writing NaN into the parameters.
+        chunk_size: coordinates per block of a step. The LSTM's temporaries grow
+            with ``chunk_size``, not with ``p.numel()``, so a step needs the state
+            (``4 * num_layers * hidden_size`` floats per coordinate) plus a
+            constant.
     """
 
     def __init__(
@@ -203,17 +213,29 @@ class LearnedOptimizer(torch.optim.Optimizer):
         config: LearnedOptimizerConfig,
         *,
         check_inputs: bool = True,
+        chunk_size: int = 16384,
     ):
         if not isinstance(config, LearnedOptimizerConfig):
             raise TypeError(
                 f"config must be a LearnedOptimizerConfig, got {type(config).__name__}"
             )
         _check_nets(nets, config)
+        if (
+            isinstance(chunk_size, bool)
+            or not isinstance(chunk_size, int)
+            or chunk_size < 1
+        ):
+            raise ValueError(
+                f"chunk_size must be a positive integer, got {chunk_size!r}"
+            )
         # Set before the base class calls add_param_group, which reads them.
         self.nets = nets
         self.config = config
+        # Scratch buffers of the in-place step, reused across blocks and steps.
+        self._workspace: dict = {}
         super().__init__(
-            _normalise_groups(params), {"kind": None, "check_inputs": check_inputs}
+            _normalise_groups(params),
+            {"kind": None, "check_inputs": check_inputs, "chunk_size": chunk_size},
         )
 
     def add_param_group(self, param_group: dict) -> None:
@@ -278,25 +300,50 @@ class LearnedOptimizer(torch.optim.Optimizer):
         for group, p, name, hessian_diag in entries:
             net = self.nets[group["kind"]]
             state = self.state[p]
-            if state:
-                dtype = net.readout.weight.dtype
-                previous = (state["hidden"].to(dtype), state["cell"].to(dtype))
-            else:
-                previous = None
-            update, (hidden, cell) = compute_update(
+            dtype = net.readout.weight.dtype
+            if not state:
+                state["step"] = 0
+                state["hidden"], state["cell"] = net.initial_state(
+                    p.numel(), p.device, dtype
+                )
+            elif state["hidden"].dtype != dtype:  # load_state_dict casts to p.dtype
+                state["hidden"] = state["hidden"].to(dtype)
+                state["cell"] = state["cell"].to(dtype)
+            self._update_in_place(net, group, p, name, hessian_diag, state)
+            state["step"] += 1
+        return loss
+
+    def _update_in_place(self, net, group, p, name, hessian_diag, state):
+        """Add the update to ``p`` and overwrite its state, a block of coordinates
+        at a time.
+
+        Coordinates are independent, so each block's new state depends only on
+        its old state and can replace it at once. The temporary memory is then
+        bounded by ``chunk_size`` instead of growing with ``p.numel()``.
+        """
+        size = group["chunk_size"] if p.is_contiguous() else p.numel()
+        size = max(size, 1)
+        flat_param = p.view(-1) if p.is_contiguous() else p
+        flat_grad = p.grad.reshape(-1)
+        flat_hessian = None if hessian_diag is None else hessian_diag.reshape(-1)
+        hidden, cell = state["hidden"], state["cell"]
+        for start in range(0, p.numel(), size):
+            block = slice(start, start + size)
+            block_state = (hidden[:, :, block], cell[:, :, block])
+            update, _ = compute_update(
                 net,
                 self.config,
-                p.grad,
-                hessian_diag,
-                previous,
+                flat_grad[block],
+                None if flat_hessian is None else flat_hessian[block],
+                block_state,
                 name=name,
                 check_inputs=False,
+                workspace=self._workspace,
             )
-            p.add_(update)
-            state["step"] = state.get("step", 0) + 1
-            state["hidden"] = hidden
-            state["cell"] = cell
-        return loss
+            if flat_param is p:  # not contiguous: one block holds all of p
+                p.add_(update.view_as(p))
+            else:
+                flat_param[block].add_(update)
 
 
 def _normalise_groups(params) -> list[dict]:

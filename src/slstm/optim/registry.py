@@ -104,7 +104,8 @@ def _learned(preset: str):
         if nets is None:
             if config is not None:
                 raise ValueError(
-                    "config without nets: pass both, or a checkpoint that holds both"
+                    "config was given without nets; pass both, or a checkpoint "
+                    "that contains both"
                 )
             loaded = load_checkpoint(
                 checkpoint or default_checkpoint, map_location=map_location
@@ -156,8 +157,8 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
         ),
         OptimizerSpec(
             "diagonal-newton",
-            _baseline(DiagonalNewton, 0.1),
-            default_lr=0.1,
+            _baseline(DiagonalNewton, 1e-3),
+            default_lr=1e-3,
             needs_curvature=True,
             learned=False,
             description="damped diagonal Newton step, g / (|h| + eps)",

@@ -36,7 +36,7 @@ class Conv2dRule(ModuleRule):
         module = self.module
         if module.padding_mode not in PADDING_MODES:
             raise self.unsupported(
-                f"padding_mode={module.padding_mode!r} is not known",
+                f"padding_mode={module.padding_mode!r} is invalid",
                 f"use one of {', '.join(PADDING_MODES)}",
             )
         # (left, right, top, bottom) in F.pad order.
