@@ -173,7 +173,7 @@ _CIFAR_FULL = ScaleSettings(batch_size=128)
 PRESETS = {
     "fashion-mnist": Preset(
         name="fashion-mnist",
-        description="Fashion-MNIST, mnist_cnn (three convolutions and a linear layer)",
+        description="Fashion-MNIST, mnist_cnn (three convolutions, two hidden fully connected layers)",
         data="fashion-mnist",
         model="mnist_cnn",
         small=_MNIST_SMALL,
@@ -182,7 +182,7 @@ PRESETS = {
     ),
     "mnist": Preset(
         name="mnist",
-        description="MNIST digits, mnist_cnn (three convolutions and a linear layer)",
+        description="MNIST digits, mnist_cnn (three convolutions, two hidden fully connected layers)",
         data="mnist",
         model="mnist_cnn",
         small=_MNIST_SMALL,
