@@ -173,7 +173,9 @@ _CIFAR_FULL = ScaleSettings(batch_size=128)
 PRESETS = {
     "fashion-mnist": Preset(
         name="fashion-mnist",
-        description="Fashion-MNIST, mnist_cnn (three convolutions, two hidden fully connected layers)",
+        description=(
+            "Fashion-MNIST, mnist_cnn (three convolutions, two hidden linear layers)"
+        ),
         data="fashion-mnist",
         model="mnist_cnn",
         small=_MNIST_SMALL,
@@ -182,7 +184,9 @@ PRESETS = {
     ),
     "mnist": Preset(
         name="mnist",
-        description="MNIST digits, mnist_cnn (three convolutions, two hidden fully connected layers)",
+        description=(
+            "MNIST digits, mnist_cnn (three convolutions, two hidden linear layers)"
+        ),
         data="mnist",
         model="mnist_cnn",
         small=_MNIST_SMALL,
