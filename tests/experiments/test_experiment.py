@@ -200,6 +200,12 @@ def test_studies_ran(experiment):
     sensitivity = record.runs_of("lr-sensitivity")
     assert {run.lr_multiplier for run in sensitivity} == {0.5, 2.0}
     assert len(sensitivity) == 2 * len(OPTIMIZER_NAMES)
+    for name in ("lstm", "slstm"):
+        low, high = sorted(
+            (run for run in sensitivity if run.optimizer == name),
+            key=lambda run: run.lr_multiplier,
+        )
+        assert low.train_loss[-1] != high.train_loss[-1]
     horizon = record.setup["horizon"]
     assert horizon["meta_horizon"] == META_HORIZON
     assert horizon["steps"] == 2 * META_HORIZON

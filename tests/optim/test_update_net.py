@@ -115,3 +115,18 @@ def test_rejects_wrong_state_shape():
 def test_rejects_bad_sizes(kwargs):
     with pytest.raises(ValueError):
         UpdateNet(2, **kwargs)
+
+
+def test_in_place_forward_matches_forward():
+    torch.manual_seed(2)
+    net = UpdateNet(4, hidden_size=5, num_layers=2)
+    nn.init.normal_(net.readout.weight)
+    workspace = {}
+    for n in (7, 3, 11):  # the workspace grows and shrinks between calls
+        features = torch.randn(n, 4)
+        state = (torch.randn(2, 5, n), torch.randn(2, 5, n))
+        expected_update, (expected_hidden, expected_cell) = net(features, state)
+        update = net.forward_in_place(features, state, workspace)
+        torch.testing.assert_close(update, expected_update, rtol=0, atol=0)
+        torch.testing.assert_close(state[0], expected_hidden, rtol=0, atol=0)
+        torch.testing.assert_close(state[1], expected_cell, rtol=0, atol=0)

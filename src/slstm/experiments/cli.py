@@ -64,12 +64,14 @@ def add_arguments(parser):
     parser.add_argument(
         "--first-seed",
         type=int,
+        metavar="SEED",
         default=defaults.first_seed,
         help=f"first seed (default: {defaults.first_seed})",
     )
     parser.add_argument(
         "--batch-size",
         type=int,
+        metavar="N",
         default=None,
         help="minibatch size (default: 64 at small scale, 128 at full)",
     )
@@ -145,6 +147,7 @@ def add_arguments(parser):
     learned.add_argument(
         "--meta-episodes",
         type=int,
+        metavar="N",
         default=None,
         help="meta-training episodes per optimizer (default: 100)",
     )
@@ -184,6 +187,7 @@ def add_arguments(parser):
     tuning.add_argument(
         "--curvature-method",
         default=defaults.curvature_method,
+        metavar="METHOD",
         help="diagonal Hessian of DiagonalNewton (default: becker-lecun)",
     )
 

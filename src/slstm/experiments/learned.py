@@ -1,5 +1,6 @@
 """The learned optimizers of an experiment: shipped, given, or meta-trained here."""
 
+import copy
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +35,10 @@ class LearnedSource:
 def learned_factory(name, source, multiplier, device):
     """Return an ``OptimizerFactory`` for a loaded learned optimizer.
 
-    ``multiplier`` multiplies the update that the networks output (through the
-    config's ``output_scale``), the learned counterpart of a learning rate.
+    ``multiplier`` multiplies the update that the networks output, the learned
+    counterpart of a learning rate. Each ``UpdateNet`` applies its own
+    ``output_scale``, so a multiplier other than 1 works on a scaled copy of the
+    networks and leaves the loaded ones untouched.
     """
     from slstm.optim import LearnedOptimizer
 
@@ -44,8 +47,13 @@ def learned_factory(name, source, multiplier, device):
     base = checkpoint.config
 
     def make(model, rate):
+        scaled_nets = nets
+        if rate != 1.0:
+            scaled_nets = copy.deepcopy(nets)
+            for net in scaled_nets.values():
+                net.output_scale = net.output_scale * rate
         config = dataclasses.replace(base, output_scale=base.output_scale * rate)
-        return LearnedOptimizer(model, nets, config)
+        return LearnedOptimizer(model, scaled_nets, config)
 
     method = base.curvature_method if base.needs_curvature else None
     return OptimizerFactory(

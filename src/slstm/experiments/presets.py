@@ -31,9 +31,9 @@ DISPLAY_NAMES = {
 # meta-training learns.
 LR_SEARCH_RANGES = {
     "sgd": (1e-3, 1.0),
-    "rmsprop": (1e-5, 1e-1),
-    "adam": (1e-5, 1e-1),
-    "diagonal-newton": (1e-3, 1.0),
+    "rmsprop": (1e-4, 1e-1),
+    "adam": (1e-4, 1e-1),
+    "diagonal-newton": (1e-4, 1.0),
 }
 
 STUDIES = ("lr-sensitivity", "horizon")
@@ -173,7 +173,9 @@ _CIFAR_FULL = ScaleSettings(batch_size=128)
 PRESETS = {
     "fashion-mnist": Preset(
         name="fashion-mnist",
-        description="Fashion-MNIST, mnist_cnn (three convolutions and a linear layer)",
+        description=(
+            "Fashion-MNIST, mnist_cnn (three convolutions, two hidden linear layers)"
+        ),
         data="fashion-mnist",
         model="mnist_cnn",
         small=_MNIST_SMALL,
@@ -182,7 +184,9 @@ PRESETS = {
     ),
     "mnist": Preset(
         name="mnist",
-        description="MNIST digits, mnist_cnn (three convolutions and a linear layer)",
+        description=(
+            "MNIST digits, mnist_cnn (three convolutions, two hidden linear layers)"
+        ),
         data="mnist",
         model="mnist_cnn",
         small=_MNIST_SMALL,

@@ -295,7 +295,7 @@ def _run(config, preset, device, scale_reason, progress, command, log):
         },
         "data": {
             "name": splits.name,
-            "dir": str(config.data_dir or "default location"),
+            "dir": str(config.data_dir or _default_data_dir(config.data)),
             "train": len(splits.train) + len(splits.validation or ()),
             "validation": len(splits.validation or ()),
             "test": len(splits.test),
@@ -351,10 +351,22 @@ def _run(config, preset, device, scale_reason, progress, command, log):
     learning_rates = choose_learning_rates(config, context, progress, log)
     timing["tuning"] = time.perf_counter() - phase
 
-    # The comparison.
+    record = records.ExperimentRecord(
+        config=config.to_dict(),
+        setup=setup,
+        learning_rates=learning_rates,
+        checkpoints=checkpoints,
+        runs=[],
+        timing=timing,
+    )
+
+    # The comparison. results.json and curves.csv are rewritten after each
+    # phase, so an interrupted experiment keeps what it finished.
     phase = time.perf_counter()
-    runs = run_comparison(config, seeds, learning_rates, context, progress)
+    runs = record.runs
+    runs += run_comparison(config, seeds, learning_rates, context, progress)
     timing["comparison"] = time.perf_counter() - phase
+    records.write_results(record, out_dir)
 
     if "lr-sensitivity" in config.studies:
         phase = time.perf_counter()
@@ -366,6 +378,7 @@ def _run(config, preset, device, scale_reason, progress, command, log):
             config, study_seeds, learning_rates, context, progress
         )
         timing["learning-rate sensitivity"] = time.perf_counter() - phase
+        records.write_results(record, out_dir)
 
     if "horizon" in config.studies:
         names = [n for n in ("adam", "lstm", "slstm") if n in config.optimizers]
@@ -388,14 +401,6 @@ def _run(config, preset, device, scale_reason, progress, command, log):
             log("horizon study skipped: no learned optimizer among --optimizers")
 
     timing["total"] = time.perf_counter() - started
-    record = records.ExperimentRecord(
-        config=config.to_dict(),
-        setup=setup,
-        learning_rates=learning_rates,
-        checkpoints=checkpoints,
-        runs=runs,
-        timing=timing,
-    )
     record.summary = summary_table(record)
     files = list(records.write_results(record, out_dir))
     files += plot_results(record, out_dir)
@@ -453,6 +458,12 @@ def _load_data(config, device):
         device=device,
         **kwargs,
     )
+
+
+def _default_data_dir(name):
+    from slstm.data import DATASETS
+
+    return DATASETS[name].default_dir or "none needed"
 
 
 def _fixed_subset(split, size):

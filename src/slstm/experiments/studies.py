@@ -9,6 +9,7 @@ import torch
 from .learned import learned_factory
 from .presets import DISPLAY_NAMES, LEARNED, LR_SEARCH_RANGES
 from .training import EvalSets, OptimizerFactory, evaluation_steps, train_run
+from .tuning import stratified_search
 
 # Tuning trains from its own seed, so no evaluation seed takes part in tuning.
 TUNING_SEED_OFFSET = 10_000
@@ -116,9 +117,10 @@ def choose_learning_rates(config, context, progress, log):
     if not to_tune:
         return chosen
     if context.splits.validation is None:
-        raise ValueError("tuning needs a validation split; it is empty")
-
-    from slstm.meta.search import tune_learning_rate
+        raise ValueError(
+            "tuning needs a validation split, but it is empty; set --validation-size "
+            "or fix every baseline's rate with --lr NAME=VALUE"
+        )
 
     seed = config.first_seed + TUNING_SEED_OFFSET
     bar = tqdm(
@@ -148,13 +150,14 @@ def choose_learning_rates(config, context, progress, log):
             return math.inf if run.diverged else run.train_loss[-1]
 
         low, high = LR_SEARCH_RANGES[name]
-        result = tune_learning_rate(
+        result = stratified_search(
             objective, low=low, high=high, n_trials=config.tune_trials, seed=seed
         )
         chosen[name] = {
             "lr": result.best_lr,
             "source": "tuned",
             "search_range": [low, high],
+            "search": "stratified",
             "steps": config.steps,
             "best_score": result.best_score,
             "trials": [list(trial) for trial in result.trials],

@@ -332,8 +332,9 @@ def _learning_rate_lines(record):
             low, high = info["search_range"]
             lines.append(
                 f"- {display}: {info['lr']:.4g}, best of {len(info['trials'])} "
-                f"log-uniform random trials in [{low:g}, {high:g}] scored by the "
-                f"validation loss after {info['steps']} steps "
+                f"trials in [{low:g}, {high:g}], one log-uniform draw in each of "
+                f"{len(info['trials'])} equal parts of the range on a log scale, "
+                f"scored by the validation loss after {info['steps']} steps "
                 f"(best {info['best_score']:.4f})"
             )
         elif source == "checkpoint":

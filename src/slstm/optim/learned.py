@@ -70,14 +70,15 @@ def compute_update(
     *,
     name: str = "parameter",
     check_inputs: bool = True,
-    out: LSTMState | None = None,
+    workspace: dict | None = None,
 ) -> tuple[torch.Tensor, LSTMState]:
     """Return the update of one parameter tensor (same shape as ``grad``) and the
     new state.
 
     ``grad`` and ``hessian_diag`` are detached here: meta-gradients reach the
-    network's weights and the parameters, never the optimizer's inputs. ``out``
-    receives the new state if given (see ``UpdateNet.forward``).
+    network's weights and the parameters, never the optimizer's inputs. With a
+    ``workspace`` dict, the step runs without autograd and overwrites ``state``
+    (see ``UpdateNet.forward_in_place``), and the returned state is ``state``.
     """
     grad = grad.detach()
     if hessian_diag is not None:
@@ -98,7 +99,10 @@ def compute_update(
             f"{weight.device}; move the networks with nets.to({str(grad.device)!r})"
         )
     features = build_features(grad, hessian_diag, config).to(weight.dtype)
-    update, new_state = net(features, state, out)
+    if workspace is None:
+        update, new_state = net(features, state)
+    else:
+        update, new_state = net.forward_in_place(features, state, workspace), state
     return update.view_as(grad).to(grad.dtype), new_state
 
 
@@ -227,6 +231,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         # Set before the base class calls add_param_group, which reads them.
         self.nets = nets
         self.config = config
+        # Scratch buffers of the in-place step, reused across blocks and steps.
+        self._workspace: dict = {}
         super().__init__(
             _normalise_groups(params),
             {"kind": None, "check_inputs": check_inputs, "chunk_size": chunk_size},
@@ -332,7 +338,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 block_state,
                 name=name,
                 check_inputs=False,
-                out=block_state,
+                workspace=self._workspace,
             )
             if flat_param is p:  # not contiguous: one block holds all of p
                 p.add_(update.view_as(p))

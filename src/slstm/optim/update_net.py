@@ -65,20 +65,31 @@ class CoordinatewiseLSTM(nn.Module):
             getattr(self, f"bias_hh_l{layer}"),
         )
 
+    def fused_weight(self, layer: int) -> torch.Tensor:
+        """Return ``[W_ih W_hh b]`` of ``layer``, shape ``(4H, in + H + 1)``, with
+        the candidate rows doubled.
+
+        One matrix product per layer, ``[W_ih W_hh b] @ [x; h; 1]``, ran about
+        twice as fast on 65,536 coordinates (one thread) as two addmm calls that
+        each rewrite the wide ``(4H, N)`` gate matrix. ``tanh(x) = 2 sigmoid(2x)
+        - 1``, and torch's CPU sigmoid is several times faster than its tanh, so
+        doubling the candidate rows lets all four gates share one sigmoid.
+        """
+        size = self.hidden_size
+        weight_ih, weight_hh, bias_ih, bias_hh = self.layer_weights(layer)
+        weight = torch.cat((weight_ih, weight_hh, (bias_ih + bias_hh).unsqueeze(1)), 1)
+        return torch.cat(
+            (weight[: 2 * size], 2 * weight[2 * size : 3 * size], weight[3 * size :])
+        )
+
     def forward(
-        self,
-        inputs: torch.Tensor,
-        state: LSTMState,
-        out: LSTMState | None = None,
+        self, inputs: torch.Tensor, state: LSTMState
     ) -> tuple[torch.Tensor, LSTMState]:
         """Advance every coordinate by one step.
 
         Args:
             inputs: ``(input_size, N)``, one column per coordinate.
             state: ``(hidden, cell)``, each ``(num_layers, hidden_size, N)``.
-            out: optional ``(hidden, cell)`` tensors of the same shape that receive
-                the new state; they may be ``state`` itself, for an update in place
-                without autograd.
 
         Returns:
             The top layer's new hidden state ``(hidden_size, N)`` and the new
@@ -86,50 +97,73 @@ class CoordinatewiseLSTM(nn.Module):
         """
         hidden, cell = state
         size = self.hidden_size
-        n = inputs.shape[1]
-        ones = inputs.new_ones(1, n)
+        ones = inputs.new_ones(1, inputs.shape[1])
         layer_input = inputs
         new_hidden, new_cell = [], []
         for layer in range(self.num_layers):
-            # One matrix product per layer: [W_ih W_hh b] @ [x; h; 1]. On 65,536
-            # coordinates (one thread) it ran about twice as fast as two addmm
-            # calls, which each rewrite the wide (4H, N) gate matrix.
-            weight_ih, weight_hh, bias_ih, bias_hh = self.layer_weights(layer)
-            weight = torch.cat(
-                (weight_ih, weight_hh, (bias_ih + bias_hh).unsqueeze(1)), dim=1
-            )
-            # tanh(x) = 2 sigmoid(2x) - 1, and torch's CPU sigmoid is several times
-            # faster than its tanh, so the candidate rows are doubled here and all
-            # four gates go through one sigmoid.
-            weight = torch.cat(
-                (
-                    weight[: 2 * size],
-                    2 * weight[2 * size : 3 * size],
-                    weight[3 * size :],
-                )
-            )
             stacked = torch.cat((layer_input, hidden[layer], ones), dim=0)
-            gates = torch.sigmoid(weight @ stacked)
+            gates = torch.sigmoid(self.fused_weight(layer) @ stacked)
             input_gate = gates[:size]
             forget_gate = gates[size : 2 * size]
             candidate = 2 * gates[2 * size : 3 * size] - 1
             output_gate = gates[3 * size :]
-            # With `out`, results go straight into the state tensors: each layer
-            # reads its old hidden and cell state before overwriting them.
-            cell_out = None if out is None else out[1][layer]
-            hidden_out = None if out is None else out[0][layer]
-            retained = forget_gate * cell[layer]
-            layer_cell = torch.addcmul(retained, input_gate, candidate, out=cell_out)
-            squashed = torch.sigmoid(2 * layer_cell)
-            layer_hidden = torch.addcmul(
-                -output_gate, output_gate, squashed, value=2.0, out=hidden_out
-            )
+            layer_cell = torch.addcmul(forget_gate * cell[layer], input_gate, candidate)
+            layer_hidden = output_gate * (2 * torch.sigmoid(2 * layer_cell) - 1)
             new_hidden.append(layer_hidden)
             new_cell.append(layer_cell)
             layer_input = layer_hidden
-        if out is not None:
-            return layer_input, out
         return layer_input, (torch.stack(new_hidden), torch.stack(new_cell))
+
+    @torch.no_grad()
+    def forward_in_place(
+        self, inputs: torch.Tensor, state: LSTMState, workspace: dict | None = None
+    ) -> torch.Tensor:
+        """Advance every coordinate by one step, overwriting ``state``.
+
+        Computes the same numbers as ``forward`` with the same operations, without
+        autograd and without allocating per-coordinate temporaries beyond the
+        reusable buffers kept in ``workspace`` (a dict the caller keeps between
+        calls). Each layer reads its old hidden and cell state before writing the
+        new ones. Returns the top layer's new hidden state, a view of ``state``.
+        """
+        hidden, cell = state
+        size = self.hidden_size
+        n = inputs.shape[1]
+        workspace = {} if workspace is None else workspace
+        layer_input = inputs
+        for layer in range(self.num_layers):
+            weight = self.fused_weight(layer)
+            rows = weight.shape[1]
+            stacked = _buffer(workspace, "stacked", rows * n, inputs).view(rows, n)
+            stacked[: rows - size - 1] = layer_input
+            stacked[rows - size - 1 : rows - 1] = hidden[layer]
+            stacked[rows - 1] = 1.0
+            gates = _buffer(workspace, "gates", 4 * size * n, inputs).view(4 * size, n)
+            torch.mm(weight, stacked, out=gates)
+            gates.sigmoid_()
+            input_gate = gates[:size]
+            forget_gate = gates[size : 2 * size]
+            candidate = gates[2 * size : 3 * size].mul_(2).sub_(1)
+            output_gate = gates[3 * size :]
+            layer_cell = cell[layer].mul_(forget_gate).addcmul_(input_gate, candidate)
+            layer_hidden = torch.mul(layer_cell, 2, out=hidden[layer])
+            layer_hidden.sigmoid_().mul_(2).sub_(1).mul_(output_gate)
+            layer_input = layer_hidden
+        return layer_input
+
+
+def _buffer(workspace: dict, name: str, numel: int, like: torch.Tensor):
+    """Return the first ``numel`` elements of a reusable flat buffer."""
+    buffer = workspace.get(name)
+    if (
+        buffer is None
+        or buffer.numel() < numel
+        or buffer.dtype != like.dtype
+        or buffer.device != like.device
+    ):
+        buffer = torch.empty(numel, dtype=like.dtype, device=like.device)
+        workspace[name] = buffer
+    return buffer[:numel]
 
 
 class UpdateNet(nn.Module):
@@ -196,10 +230,7 @@ class UpdateNet(nn.Module):
         )
 
     def forward(
-        self,
-        features: torch.Tensor,
-        state: LSTMState | None = None,
-        out: LSTMState | None = None,
+        self, features: torch.Tensor, state: LSTMState | None = None
     ) -> tuple[torch.Tensor, LSTMState]:
         """Compute the update for ``N`` coordinates.
 
@@ -207,20 +238,43 @@ class UpdateNet(nn.Module):
             features: ``(N, input_size)``, from ``slstm.optim.build_features``.
             state: ``(hidden, cell)``, each ``(num_layers, hidden_size, N)``, or
                 None for a fresh (zero) state.
-            out: optional tensors that receive the new state (they may be
-                ``state`` itself, for an update in place without autograd).
 
         Returns:
             ``update`` of shape ``(N,)`` (in parameter units) and the new state.
         """
+        n = self._check_features(features)
+        if state is None:
+            state = self.initial_state(n, features.device, features.dtype)
+        self._check_state(state, n)
+        top_hidden, new_state = self.lstm(features.t(), state)
+        return self._read_out(top_hidden), new_state
+
+    @torch.no_grad()
+    def forward_in_place(
+        self, features: torch.Tensor, state: LSTMState, workspace: dict | None = None
+    ) -> torch.Tensor:
+        """Compute the update like ``forward`` and write the new state into
+        ``state``, without autograd; ``workspace`` is a dict of reusable buffers
+        that the caller keeps between calls."""
+        self._check_state(state, self._check_features(features))
+        top_hidden = self.lstm.forward_in_place(features.t(), state, workspace)
+        return self._read_out(top_hidden)
+
+    def _read_out(self, top_hidden: torch.Tensor) -> torch.Tensor:
+        # (H,) @ (H, N) -> (N,): the update stays one-dimensional, so it can
+        # never broadcast against an (N,) tensor into (N, N).
+        update = self.readout.weight.squeeze(0) @ top_hidden + self.readout.bias
+        return self.output_scale * update
+
+    def _check_features(self, features: torch.Tensor) -> int:
         if features.dim() != 2 or features.shape[1] != self.input_size:
             raise ValueError(
                 f"features must have shape (N, {self.input_size}), got "
                 f"{tuple(features.shape)}"
             )
-        n = features.shape[0]
-        if state is None:
-            state = self.initial_state(n, features.device, features.dtype)
+        return features.shape[0]
+
+    def _check_state(self, state: LSTMState, n: int) -> None:
         expected = (self.num_layers, self.hidden_size, n)
         for tensor in state:
             if tuple(tensor.shape) != expected:
@@ -228,8 +282,3 @@ class UpdateNet(nn.Module):
                     f"LSTM state must have shape {expected} for {n} coordinates, "
                     f"got {tuple(tensor.shape)}; start from initial_state({n})"
                 )
-        top_hidden, new_state = self.lstm(features.t(), state, out)
-        # (1, H) @ (H, N) -> (N,): keep the update one-dimensional so that it can
-        # never broadcast against an (N,) tensor into (N, N).
-        update = self.readout.weight.squeeze(0) @ top_hidden + self.readout.bias
-        return self.output_scale * update, new_state
