@@ -289,6 +289,7 @@ def test_nothing_kept_alive_after_the_call():
     for module in model.modules():
         assert not module._forward_hooks
         assert not module._forward_pre_hooks
+        assert "forward" not in vars(module)  # no stand-in forward left behind
     with torch.no_grad():
         output = model(inputs)
     output_ref, inputs_ref = weakref.ref(output), weakref.ref(inputs)

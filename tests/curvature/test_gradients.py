@@ -6,6 +6,11 @@ from torch import nn
 
 from slstm.curvature import backward
 
+# torch warns that it copies the input for an even 'same' kernel; expected here.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Using padding='same' with even kernel lengths:UserWarning"
+)
+
 
 def conv_net(conv, channels=2, size=7):
     """conv -> Tanh -> Flatten -> Linear, sized by a dry run."""

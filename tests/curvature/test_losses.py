@@ -123,3 +123,38 @@ def test_unsupported_loss_in_backward_suggests_hutchinson():
     inputs = torch.randn(4, 3)
     with pytest.raises(UnsupportedModelError, match="method='hutchinson'"):
         backward(model, nn.L1Loss(), inputs, torch.randn(4, 2))
+
+
+LOSS_OPTIONS = [(name, "index") for name in sorted(CROSS_ENTROPY)] + [
+    ("label-smoothing", "probabilities"),
+    ("weight", "probabilities"),
+    ("mse-mean", "mse"),
+    ("mse-sum", "mse"),
+    ("mse-none", "mse"),
+]
+
+
+@pytest.mark.parametrize("name, kind", LOSS_OPTIONS)
+def test_parameter_gradients_for_loss_option(name, kind, reference_gradients):
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 4))
+    inputs = torch.randn(7, 5)
+    if kind == "mse":
+        loss_fn = nn.MSELoss(reduction=name.removeprefix("mse-"))
+        targets = torch.randn(7, 4)
+    elif kind == "probabilities":
+        loss_fn = nn.CrossEntropyLoss(**CROSS_ENTROPY[name])
+        targets = torch.softmax(torch.randn(7, 4), dim=1)
+    else:
+        loss_fn = nn.CrossEntropyLoss(**CROSS_ENTROPY[name])
+        targets = cross_entropy_targets(name, (7, 4))
+
+    loss = backward(model, loss_fn, inputs, targets)
+
+    expected = reference_gradients(model, loss_fn, inputs, targets)
+    expected_loss = loss_fn(model(inputs), targets).sum()
+    torch.testing.assert_close(loss, expected_loss.detach(), rtol=1e-12, atol=1e-14)
+    for param_name, param in model.named_parameters():
+        torch.testing.assert_close(
+            param.grad, expected[param_name], rtol=1e-10, atol=1e-13, msg=param_name
+        )

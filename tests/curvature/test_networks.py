@@ -8,6 +8,12 @@ from torch.func import functional_call
 
 from slstm.curvature import backward
 
+# torch warns that it copies the input for an even 'same' kernel; expected here.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Using padding='same' with even kernel lengths:UserWarning"
+)
+
+
 ACTIVATIONS = {
     "relu": nn.ReLU,
     "leaky-relu": lambda: nn.LeakyReLU(0.1),
@@ -142,10 +148,10 @@ def test_conv_feeding_mse_exact(name, tail, reference_diagonals):
 def reference_recursion(model, loss_fn, inputs, targets, second_order=True):
     """The Becker-LeCun recursion written with explicit per-sample Jacobians.
 
-    For each sample and each leaf module ``y = f(x)``:
-    ``H_x = (J ∘ J)ᵀ H_y + diag(∇²_x (g_y · f(x)))`` and, for each parameter,
-    ``h_θ += (J_θ ∘ J_θ)ᵀ H_y``; ``g`` and ``H`` at the output come from the
-    loss's own autograd Hessian.
+    For each sample and each leaf module ``y = f(x)``,
+    ``H_x = (J ∘ J)ᵀ H_y + diag(∇²_x (g_y · f(x)))``, and each parameter adds
+    ``(J_θ ∘ J_θ)ᵀ H_y`` to its diagonal. ``g`` and ``H`` at the output come
+    from the loss's own autograd Hessian.
     """
     modules = [m for m in model.modules() if not list(m.children())]
     names = {id(m): n for n, m in model.named_modules()}

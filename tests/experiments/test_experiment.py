@@ -99,7 +99,7 @@ def test_all_six_optimizers_run(experiment):
         assert run.eval_steps[0] == 0
 
 
-def test_learned_optimizers_change_the_weights(experiment):
+def test_learned_optimizers_move_loss(experiment):
     for name in ("lstm", "slstm"):
         for run in experiment.record.runs_of("main", name):
             assert run.train_loss[-1] != run.train_loss[0]
@@ -118,6 +118,13 @@ def test_output_files_exist(experiment):
         "horizon.png",
     }
     assert expected <= names
+    config = json.loads((experiment.out_dir / "config.json").read_text())
+    # Recorded with the values that ran, not the "scale's default" placeholders.
+    assert config["scale"] == "small"
+    assert config["eval_every"] == 2
+    assert config["study_seeds"] == 1
+    assert config["model_sizes"] == {"channels": 3, "hidden": 8}
+    assert "no CUDA" in config["scale_reason"] or "requested" in config["scale_reason"]
 
 
 def test_json_matches_csv(experiment):
@@ -162,6 +169,8 @@ def test_summary_has_row_per_optimizer(experiment):
         assert f"| {DISPLAY_NAMES[name]} |" in text
     assert "scale: **small**" in text
     assert "dataset: generated in the test" in text
+    stored = json.loads((experiment.out_dir / "results.json").read_text())["summary"]
+    assert [row["optimizer"] for row in stored] == list(OPTIMIZER_NAMES)
 
 
 def test_same_start_and_batches_within_seed(experiment):
@@ -191,6 +200,12 @@ def test_studies_ran(experiment):
     sensitivity = record.runs_of("lr-sensitivity")
     assert {run.lr_multiplier for run in sensitivity} == {0.5, 2.0}
     assert len(sensitivity) == 2 * len(OPTIMIZER_NAMES)
+    for name in ("lstm", "slstm"):
+        low, high = sorted(
+            (run for run in sensitivity if run.optimizer == name),
+            key=lambda run: run.lr_multiplier,
+        )
+        assert low.train_loss[-1] != high.train_loss[-1]
     horizon = record.setup["horizon"]
     assert horizon["meta_horizon"] == META_HORIZON
     assert horizon["steps"] == 2 * META_HORIZON
@@ -240,7 +255,7 @@ def test_same_seed_same_numbers(experiment, data_dir, checkpoints, tmp_path):
         assert a.test_error == b.test_error
 
 
-def test_divergence_is_recorded_and_others_continue(data_dir, checkpoints, tmp_path):
+def test_divergence_recorded_others_continue(data_dir, checkpoints, tmp_path):
     config = tiny_config(
         data_dir,
         checkpoints,
@@ -263,7 +278,7 @@ def test_divergence_is_recorded_and_others_continue(data_dir, checkpoints, tmp_p
     assert "set with --lr" in summary
 
 
-def test_existing_results_are_not_overwritten(experiment, data_dir, checkpoints):
+def test_existing_results_kept(experiment, data_dir, checkpoints):
     config = tiny_config(data_dir, checkpoints, experiment.out_dir)
     with pytest.raises(FileExistsError, match="--out"):
         run_experiment(config, progress=False)
@@ -283,6 +298,8 @@ def test_auto_scale_follows_device():
         ({"learning_rates": {"lstm": 0.1}}, "--lr-multipliers"),
         ({"studies": ("everything",)}, "unknown studies"),
         ({"preset": "svhn"}, "unknown preset"),
+        ({"scale": "huge"}, "unknown scale"),
+        ({"test_eval_size": -1}, "test_eval_size must be an int >= 0"),
     ],
 )
 def test_invalid_config_names_value(overrides, message):
@@ -294,3 +311,61 @@ def test_cli_rejects_bad_learning_rate(capsys):
     with pytest.raises(SystemExit):
         main(["experiment", "fashion-mnist", "--lr", "adam"])
     assert "NAME=VALUE" in capsys.readouterr().err
+
+
+def test_meta_train_option(data_dir, tmp_path):
+    config = tiny_config(
+        data_dir,
+        {"lstm": None, "slstm": None},
+        tmp_path / "meta",
+        lstm_checkpoint=None,
+        slstm_checkpoint=None,
+        optimizers=("adam", "slstm"),
+        learning_rates={"adam": 1e-3},
+        studies=("horizon",),
+        seeds=1,
+        meta_train=True,
+        meta_episodes=1,
+        meta_horizon=4,
+        model_sizes={"channels": 3, "hidden": 8},
+    )
+    result = run_experiment(config, progress=False)
+    info = result.record.checkpoints["slstm"]
+    assert info["source"].startswith(str(tmp_path / "meta" / "meta-train" / "slstm"))
+    assert "meta-trained by this experiment" in info["note"]
+    assert info["trained_on"]["horizon"] == 4
+    # The horizon study reads the horizon from the new checkpoint's provenance.
+    assert result.record.setup["horizon"]["steps"] == 2 * 4
+    assert (tmp_path / "meta" / "meta-train" / "slstm" / "config.json").is_file()
+
+
+def test_transfer_preset_five_classes(data_dir, tmp_path):
+    config = tiny_config(
+        data_dir,
+        {"lstm": None, "slstm": None},
+        tmp_path / "transfer",
+        preset="transfer",
+        lstm_checkpoint=None,
+        slstm_checkpoint=None,
+        optimizers=("sgd", "lstm"),
+        learning_rates={"sgd": 0.01},
+        studies=(),
+        seeds=1,
+        meta_episodes=1,
+        meta_horizon=2,
+        # Meta-training validates on 10 % of the 150 five-class images.
+        batch_size=8,
+    )
+    result = run_experiment(config, progress=False)
+    trained = result.record.checkpoints["lstm"]["trained_on"]
+    assert trained["net"] == "small_cnn"
+    meta_config = json.loads(
+        (tmp_path / "transfer" / "meta-train" / "lstm" / "config.json").read_text()
+    )
+    assert meta_config["classes"] == 5
+    assert result.record.setup["model"]["name"] == "mnist_cnn"
+    assert result.record.setup["data"]["num_classes"] == 10
+    assert (
+        "network small_cnn (here mnist_cnn)"
+        in result.record.checkpoints["lstm"]["note"]
+    )

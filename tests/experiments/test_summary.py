@@ -14,6 +14,7 @@ from slstm.experiments.summary import (
     horizon_outcomes,
     render_summary,
     summarize,
+    summary_table,
 )
 
 
@@ -107,3 +108,13 @@ def test_render_summary_without_studies(make_record):
     text = render_summary(make_record(studies=False))
     assert "## Horizon" not in text
     assert "## Learning-rate sensitivity" not in text
+
+
+def test_summary_table_as_data(record):
+    table = {row["optimizer"]: row for row in summary_table(record)}
+    assert list(table) == list(OPTIMIZER_NAMES)
+    assert table["slstm"]["steps_to_reference"] == 15
+    assert table["sgd"]["finished_seeds"] == 2
+    assert table["sgd"]["diverged_at"] == [7]
+    assert table["adam"]["reference"] == "adam"
+    assert table["adam"]["train_loss_mean"] == pytest.approx(2.3 * math.exp(-1) + 0.01)

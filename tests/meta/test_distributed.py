@@ -31,7 +31,8 @@ def test_two_ranks_equal_one_process_averaging_them(tmp_path, tiny_config):
         "--nnodes", "1", "--nproc-per-node", "2",
         "--master-addr", "127.0.0.1", "--master-port", str(_free_loopback_port()),
         "-m", "slstm", "meta-train", *TINY_ARGS,
-        "--episodes", str(episodes), "--validate-every", "0", "--out", str(out),
+        "--episodes", str(episodes), "--validate-every", "1",
+        "--checkpoint-every", "1", "--out", str(out),
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": SRC, "GLOO_SOCKET_IFNAME": "lo"}
     env["OMP_NUM_THREADS"] = "1"

@@ -35,7 +35,8 @@ def test_sqlite_study_resumes_missing_trials(tmp_path):
     first = tune_learning_rate(
         objective, low=1e-4, high=1e-2, n_trials=3, storage=storage, study_name="s"
     )
-    assert len(calls) == 3 and len(first.trials) == 3
+    assert len(calls) == 3
+    assert len(first.trials) == 3
     # Asking for 5 runs only the two missing trials, with new learning rates.
     second = tune_learning_rate(
         objective, low=1e-4, high=1e-2, n_trials=5, storage=storage, study_name="s"

@@ -46,7 +46,8 @@ def test_cli_runs_tiny_configuration(tmp_path, capsys):
     for name in ("config.json", "metrics.csv", "best.pt", "last.pt", "state/latest.pt"):
         assert (out / name).is_file(), name
     config = MetaTrainConfig.load(out / "config.json")
-    assert config.episodes == 3 and config.net_sizes == {"channels": 4, "hidden": 8}
+    assert config.episodes == 3
+    assert config.net_sizes == {"channels": 4, "hidden": 8}
     rows = read_metrics(out / "metrics.csv")
     assert [r["kind"] for r in rows].count("episode") == 3
     validations = [r for r in rows if r["kind"] == "validation"]
@@ -81,59 +82,65 @@ def test_non_finite_meta_loss_is_skipped(tiny_config):
     summary = trainer.train_episode(0)
     assert trainer.counters.nonfinite == 1
     assert trainer.counters.meta_steps == 0
-    assert trainer.counters.diverged == 1 and summary.diverged == 1
+    assert trainer.counters.skipped == 1
+    assert trainer.counters.diverged == 1
+    assert summary.diverged == 1
     after = trainer.nets.state_dict()
     for name, value in before.items():
         assert torch.equal(after[name], value), f"{name} changed by a skipped update"
 
 
-def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
-    episodes = "12"
-    args = [*TINY_ARGS, "--episodes", episodes, "--validate-every", "4",
-            "--checkpoint-every", "1", "--optimizer", "slstm"]  # fmt: skip
+def test_resume_after_kill_matches_uninterrupted(tmp_path):
+    episodes = "8"
+    args = [*TINY_ARGS, "--episodes", episodes, "--validate-every", "3",
+            "--checkpoint-every", "2", "--optimizer", "slstm"]  # fmt: skip
     command = [sys.executable, "-m", "slstm", "meta-train", *args]
     env = {**os.environ, "PYTHONPATH": SRC}
 
     reference = tmp_path / "reference"
     subprocess.run([*command, "--out", str(reference)], check=True, env=env)
-
-    interrupted = tmp_path / "interrupted"
-    process = subprocess.Popen([*command, "--out", str(interrupted)], env=env)
-    metrics = interrupted / "metrics.csv"
-    deadline = time.monotonic() + 120
-    # Kill as soon as a few episodes are done, mid-run.
-    while time.monotonic() < deadline and process.poll() is None:
-        if metrics.exists() and metrics.read_text().count("\nepisode,") >= 3:
-            break
-        time.sleep(0.02)
-    assert process.poll() is None, "the run finished before it could be killed"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    saved = torch.load(interrupted / STATE_FILE, weights_only=True)
-    assert 0 < saved["counters"]["episode"] < int(episodes)
-
-    subprocess.run(
-        [sys.executable, "-m", "slstm", "meta-train", "--out", str(interrupted),
-         "--resume", "--no-progress"],
-        check=True,
-        env=env,
-    )  # fmt: skip
-    _assert_same_weights(
-        _weights(reference / "last.pt"), _weights(interrupted / "last.pt")
-    )
-    _assert_same_weights(
-        _weights(reference / "best.pt"), _weights(interrupted / "best.pt")
-    )
     first = torch.load(reference / STATE_FILE, weights_only=True)
-    second = torch.load(interrupted / STATE_FILE, weights_only=True)
-    for slot, values in first["meta_optimizer"]["state"].items():
-        for key, value in values.items():
-            assert torch.equal(value, second["meta_optimizer"]["state"][slot][key])
-    assert first["counters"]["meta_steps"] == second["counters"]["meta_steps"]
-    rows = read_metrics(interrupted / "metrics.csv")
-    assert [int(r["episode"]) for r in rows if r["kind"] == "episode"] == list(
-        range(1, int(episodes) + 1)
-    )
+
+    # SIGKILL resumes from the last periodic checkpoint; SIGTERM first saves
+    # the state after the last finished episode.
+    for kill in (signal.SIGKILL, signal.SIGTERM):
+        interrupted = tmp_path / kill.name
+        process = subprocess.Popen([*command, "--out", str(interrupted)], env=env)
+        metrics = interrupted / "metrics.csv"
+        deadline = time.monotonic() + 120
+        # Kill as soon as a few episodes are done, mid-run.
+        while time.monotonic() < deadline and process.poll() is None:
+            if metrics.exists() and metrics.read_text().count("\nepisode,") >= 3:
+                break
+            time.sleep(0.02)
+        assert process.poll() is None, "the run finished before it could be killed"
+        process.send_signal(kill)
+        code = process.wait()
+        assert code == (-9 if kill == signal.SIGKILL else 130)
+        saved = torch.load(interrupted / STATE_FILE, weights_only=True)
+        assert 0 < saved["counters"]["episode"] < int(episodes)
+
+        subprocess.run(
+            [sys.executable, "-m", "slstm", "meta-train", "--out", str(interrupted),
+             "--resume", "--no-progress"],
+            check=True,
+            env=env,
+        )  # fmt: skip
+        _assert_same_weights(
+            _weights(reference / "last.pt"), _weights(interrupted / "last.pt")
+        )
+        _assert_same_weights(
+            _weights(reference / "best.pt"), _weights(interrupted / "best.pt")
+        )
+        second = torch.load(interrupted / STATE_FILE, weights_only=True)
+        for slot, values in first["meta_optimizer"]["state"].items():
+            for key, value in values.items():
+                assert torch.equal(value, second["meta_optimizer"]["state"][slot][key])
+        assert first["counters"]["meta_steps"] == second["counters"]["meta_steps"]
+        rows = read_metrics(interrupted / "metrics.csv")
+        assert [int(r["episode"]) for r in rows if r["kind"] == "episode"] == list(
+            range(1, int(episodes) + 1)
+        )
 
 
 def test_resume_in_process_continues_to_more_episodes(tiny_config):
@@ -179,13 +186,13 @@ def test_sigkill_during_writes_never_truncates(tmp_path):
     writer = (
         "import sys, torch\n"
         "from slstm.meta.io import atomic_torch_save\n"
-        "payload = torch.arange(4_000_000, dtype=torch.float32)\n"
+        "payload = torch.arange(2_000_000, dtype=torch.float32)\n"
         "for i in range(10_000):\n"
         "    atomic_torch_save({'i': i, 'payload': payload}, sys.argv[1])\n"
         "    print(i, flush=True)\n"
     )
     env = {**os.environ, "PYTHONPATH": SRC}
-    for delay in (0.05, 0.13, 0.31):
+    for delay in (0.02, 0.07, 0.15):
         process = subprocess.Popen(
             [sys.executable, "-c", writer, str(path)], env=env, stdout=subprocess.PIPE
         )
@@ -194,8 +201,8 @@ def test_sigkill_during_writes_never_truncates(tmp_path):
         process.send_signal(signal.SIGKILL)
         process.wait()
         state = torch.load(path, weights_only=True)
-        assert state["payload"].shape == (4_000_000,)
-        assert state["payload"][-1] == 3_999_999
+        assert state["payload"].shape == (2_000_000,)
+        assert state["payload"][-1] == 1_999_999
 
 
 def test_config_rejects_bad_values():
@@ -211,3 +218,23 @@ def test_config_json_round_trip():
     config = MetaTrainConfig(net_sizes={"channels": [8, 16]}, loss_weights="linear")
     assert MetaTrainConfig.from_json(config.to_json()) == config
     assert config.step_weights(4) == [0.25, 0.5, 0.75, 1.0]
+
+
+def test_resume_before_first_checkpoint_starts_over(tiny_config):
+    config = tiny_config(episodes=2)
+    Path(config.out).mkdir(parents=True)
+    (Path(config.out) / "config.json").write_text(config.to_json())
+    result = meta_train(config, resume=True, progress=False)
+    assert result.episodes == 2
+
+
+def test_resume_without_run_is_rejected(tiny_config):
+    with pytest.raises(FileNotFoundError, match="--resume found no checkpoint"):
+        meta_train(tiny_config(episodes=1), resume=True, progress=False)
+
+
+def test_horizon_not_multiple_of_unroll(tiny_config):
+    trainer = MetaTrainer(tiny_config(horizon=7, unroll=5, episodes=1), progress=False)
+    summary = trainer.train_episode(0)
+    assert summary.inner_steps == 7
+    assert trainer.counters.meta_steps == 2

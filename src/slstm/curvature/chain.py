@@ -9,6 +9,7 @@ output. That rejects branches, residual sums and functional operations between
 modules (``x.view(...)``, ``x * 2``) without a second forward pass.
 """
 
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -85,15 +86,30 @@ class Chain:
                 )
 
     @contextmanager
-    def record(self, generator: torch.Generator | None = None) -> Iterator[None]:
-        """Install the forward hooks for one forward pass, and remove them after."""
-        self._calls: list[tuple[ModuleRule, Tensor, int, Tensor, int]] = []
-        self._pending: dict[int, tuple[Tensor, int]] = {}
+    def record(
+        self, inputs: Tensor, generator: torch.Generator | None = None
+    ) -> Iterator[None]:
+        """Install the forward hooks for one forward pass on ``inputs``, and
+        remove them after.
+
+        The chain is checked as the modules run, because the tensors between
+        them may be freed as soon as the next module has read them: recording
+        keeps only weak references, so no activation outlives its last reader.
+        """
+        self.order: list[ModuleRule] = []
+        self._previous = (weakref.ref(inputs), inputs._version, None)
+        self._pending: dict[int, Tensor] = {}
         handles = []
+        replaced = []
         try:
             for rule in self.rules:
                 if hasattr(rule, "generator"):
                     rule.generator = generator
+                # An instance attribute shadows the class's forward; skip modules
+                # whose forward was already replaced that way.
+                if rule.forward is not None and "forward" not in vars(rule.module):
+                    rule.module.forward = rule.forward
+                    replaced.append(rule.module)
                 handles.append(
                     rule.module.register_forward_pre_hook(self._pre_hook(rule))
                 )
@@ -102,6 +118,8 @@ class Chain:
         finally:
             for handle in handles:
                 handle.remove()
+            for module in replaced:
+                del module.forward
             self._pending = {}
 
     def _pre_hook(self, rule: ModuleRule):
@@ -112,49 +130,14 @@ class Chain:
                     "arguments; the one-pass engine needs each module called on "
                     "one tensor"
                 )
-            x = args[0]
-            self._pending[id(module)] = (x, x._version)
-            rule.pre_forward(x)
-
-        return hook
-
-    def _hook(self, rule: ModuleRule):
-        def hook(module: nn.Module, args: tuple, output) -> Tensor | None:
-            if not isinstance(output, Tensor):
-                raise UnsupportedModelError(
-                    f"{rule.describe()} returned {type(output).__name__}, not a tensor"
-                )
-            x, version = self._pending.pop(id(module))
-            replacement = rule.post_forward(x, output)
-            if replacement is not None:
-                output = replacement
-            self._calls.append((rule, x, version, output, output._version))
-            return replacement
-
-        return hook
-
-    def verify(
-        self, inputs: Tensor, input_version: int, output: Tensor, wanted: set[str]
-    ) -> list[ModuleRule]:
-        """Check the recorded calls form a chain from ``inputs`` to ``output``.
-
-        ``input_version`` is ``inputs._version`` before the forward pass. Returns
-        the rules in execution order. ``wanted`` holds the full names of
-        the parameters whose derivatives are needed; a module that did not run
-        may only own other parameters.
-        """
-        calls = self._calls
-        ran = {}
-        previous_output, previous_version = inputs, input_version
-        previous_rule = None
-        for rule, x, version, y, y_version in calls:
-            if id(rule) in ran:
+            if any(done is rule for done in self.order):
                 raise UnsupportedModelError(
                     f"{rule.describe()} ran twice in one forward pass; a module used "
                     "twice is not supported, so give each use its own instance"
                 )
-            ran[id(rule)] = rule
-            if x is not previous_output or version != previous_version:
+            x = args[0]
+            previous, version, previous_rule = self._previous
+            if x is not previous() or x._version != version:
                 source = (
                     "the model input"
                     if previous_rule is None
@@ -167,22 +150,50 @@ class Chain:
                     "between modules); use modules such as nn.Flatten inside "
                     "nn.Sequential, or method='hutchinson' or 'exact'"
                 )
-            previous_output, previous_version, previous_rule = y, y_version, rule
-        if output is not previous_output or output._version != previous_version:
+            self._pending[id(module)] = x
+            rule.pre_forward(x)
+
+        return hook
+
+    def _hook(self, rule: ModuleRule):
+        def hook(module: nn.Module, args: tuple, output) -> Tensor | None:
+            if not isinstance(output, Tensor):
+                raise UnsupportedModelError(
+                    f"{rule.describe()} returned {type(output).__name__}, not a tensor"
+                )
+            x = self._pending.pop(id(module))
+            replacement = rule.post_forward(x, output)
+            if replacement is not None:
+                output = replacement
+            self.order.append(rule)
+            self._previous = (weakref.ref(output), output._version, rule)
+            return replacement
+
+        return hook
+
+    def verify(self, output: Tensor, requested: set[str]) -> list[ModuleRule]:
+        """Check that ``output`` is the last module's output, unchanged, and that
+        every module owning a parameter in ``requested`` (full names) ran.
+
+        Returns the rules in execution order.
+        """
+        previous, version, previous_rule = self._previous
+        if output is not previous() or output._version != version:
             last = previous_rule.describe() if previous_rule else "any module"
             raise UnsupportedModelError(
                 f"the model output is not the output of {last}: the model's forward "
                 "changes the result after its last module; use method='hutchinson' "
                 "or 'exact'"
             )
+        ran = {id(rule) for rule in self.order}
         for rule in self.rules:
             if id(rule) in ran:
                 continue
             for name, _ in rule.module.named_parameters(recurse=False):
                 full_name = f"{rule.path}.{name}" if rule.path else name
-                if full_name in wanted:
+                if full_name in requested:
                     raise UnsupportedModelError(
                         f"{rule.describe()} owns parameter {full_name!r} but did not "
                         "run in the forward pass"
                     )
-        return [call[0] for call in calls]
+        return self.order

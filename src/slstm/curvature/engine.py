@@ -23,7 +23,7 @@ EXACT_MAX_PARAMETERS = 20_000
 
 @dataclass
 class CurvatureResult:
-    """What :func:`functional_backward` returns.
+    """Loss, output, gradients and diagonal Hessians from :func:`functional_backward`.
 
     Attributes:
         loss: 0-dim loss; keeps the autograd graph to the ``params`` passed in.
@@ -67,9 +67,9 @@ def backward(
         targets: what ``loss_fn(output, targets)`` expects.
         method: one of :data:`METHODS`. ``"becker-lecun"`` propagates
             ``H_x = Σ_j (dy_j/dx)² H_y,j + Σ_j g_y,j d²y_j/dx²`` backward in one
-            pass; ``"gauss-newton"`` drops the second term, so the result is never
-            negative; ``"hutchinson"`` averages ``v ∘ (H v)`` over ``samples``
-            Rademacher vectors ``v``; ``"exact"`` computes the true diagonal with
+            pass. ``"gauss-newton"`` drops the second term, so its result is never
+            negative. ``"hutchinson"`` averages ``v ∘ (H v)`` over ``samples``
+            Rademacher vectors ``v``. ``"exact"`` computes the true diagonal with
             one Hessian-vector product per parameter.
         samples: number of Rademacher vectors for ``"hutchinson"``.
         generator: random source for Rademacher vectors and dropout masks.
@@ -166,7 +166,7 @@ def functional_backward(
 
 def _check_method(method: str, samples: int) -> None:
     if method not in METHODS:
-        raise ValueError(f"method={method!r} is not known; use one of {METHODS}")
+        raise ValueError(f"method={method!r} is invalid; use one of {METHODS}")
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise ValueError(f"samples={samples!r} must be a positive integer")
 
@@ -179,7 +179,7 @@ def _one_pass(
     targets: Tensor,
     method: str,
     generator: torch.Generator | None,
-    wanted: set[str],
+    requested: set[str],
 ) -> tuple[Tensor, Tensor, dict[str, Tensor], dict[str, Tensor]]:
     """Run one recorded forward pass, then the rules backward, last module first.
 
@@ -188,15 +188,14 @@ def _one_pass(
     """
     check_loss(loss_fn)
     chain = Chain(model)
-    input_version = inputs._version
     grad_mode = torch.no_grad() if params is None else nullcontext()
-    with chain.record(generator), grad_mode:
+    with chain.record(inputs, generator), grad_mode:
         output = (
             model(inputs)
             if params is None
             else functional_call(model, params, (inputs,))
         )
-    rules = chain.verify(inputs, input_version, output, wanted)
+    rules = chain.verify(output, requested)
     with grad_mode:
         loss = loss_fn(output, targets)
         if loss.dim() > 0:
@@ -204,8 +203,8 @@ def _one_pass(
 
     with torch.no_grad():
         g, h = output_derivatives(loss_fn, output.detach(), targets.detach())
-        local_names = [_wanted_local_names(rule, wanted) for rule in rules]
-        # Modules before the first one with wanted parameters need no backward step.
+        local_names = [_requested_local_names(rule, requested) for rule in rules]
+        # Modules before the first one with requested parameters need no backward step.
         first = next((i for i, names in enumerate(local_names) if names), len(rules))
         grads, diagonals = {}, {}
         for index in range(len(rules) - 1, first - 1, -1):
@@ -224,12 +223,12 @@ def _one_pass(
     return loss, output, grads, diagonals
 
 
-def _wanted_local_names(rule: ModuleRule, wanted: set[str]) -> frozenset[str]:
+def _requested_local_names(rule: ModuleRule, requested: set[str]) -> frozenset[str]:
     prefix = f"{rule.path}." if rule.path else ""
     return frozenset(
         name
         for name, _ in rule.module.named_parameters(recurse=False)
-        if prefix + name in wanted
+        if prefix + name in requested
     )
 
 

@@ -5,5 +5,5 @@ class UnsupportedModelError(ValueError):
     """A model, module option or loss that the one-pass engine cannot handle.
 
     The message names the module's path in the model (as in
-    ``model.named_modules()``), says what is wrong and lists the alternatives.
+    ``model.named_modules()``), states what is wrong and lists the alternatives.
     """

@@ -1,4 +1,4 @@
-"""Where the backward pass starts: ``g`` and the exact ``H`` at the model output.
+"""The start of the backward pass: ``g`` and the exact ``H`` at the model output.
 
 For softmax cross-entropy on logits ``z`` with target weights ``a`` (one row of
 non-negative coefficients per sample), the per-sample loss is
@@ -33,8 +33,8 @@ def check_loss(loss_fn: nn.Module) -> None:
         )
     if loss_fn.reduction not in REDUCTIONS:
         raise UnsupportedModelError(
-            f"{type(loss_fn).__name__}(reduction={loss_fn.reduction!r}) is not "
-            f"known; use one of {', '.join(REDUCTIONS)}"
+            f"{type(loss_fn).__name__}(reduction={loss_fn.reduction!r}) is "
+            f"invalid; use one of {', '.join(REDUCTIONS)}"
         )
 
 

@@ -64,22 +64,24 @@ def add_arguments(parser):
     parser.add_argument(
         "--first-seed",
         type=int,
+        metavar="SEED",
         default=defaults.first_seed,
         help=f"first seed (default: {defaults.first_seed})",
     )
     parser.add_argument(
         "--batch-size",
         type=int,
+        metavar="N",
         default=None,
         help="minibatch size (default: 64 at small scale, 128 at full)",
     )
     parser.add_argument(
         "--eval-every",
         type=int,
-        default=defaults.eval_every,
+        default=None,
         metavar="STEPS",
         help="steps between evaluations of the training-subset loss and the test "
-        f"error (default: {defaults.eval_every})",
+        "error (default: 10 at small scale, 5 at full)",
     )
     sizes = parser.add_argument_group("sizes (default: the scale's)")
     sizes.add_argument(
@@ -145,8 +147,23 @@ def add_arguments(parser):
     learned.add_argument(
         "--meta-episodes",
         type=int,
+        metavar="N",
         default=None,
         help="meta-training episodes per optimizer (default: 100)",
+    )
+    learned.add_argument(
+        "--meta-horizon",
+        type=int,
+        default=None,
+        metavar="STEPS",
+        help="optimizee steps per meta-training episode (default: 100)",
+    )
+    learned.add_argument(
+        "--meta-config",
+        default=None,
+        metavar="FILE",
+        help="JSON file of `slstm meta-train` options (e.g. the config.json of an "
+        "earlier run) that --meta-train starts from instead of the preset's task",
     )
 
     tuning = parser.add_argument_group("learning rates of the baselines")
@@ -170,6 +187,7 @@ def add_arguments(parser):
     tuning.add_argument(
         "--curvature-method",
         default=defaults.curvature_method,
+        metavar="METHOD",
         help="diagonal Hessian of DiagonalNewton (default: becker-lecun)",
     )
 
@@ -207,6 +225,13 @@ def add_arguments(parser):
         f"(default: {defaults.horizon_factor})",
     )
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="torch CPU threads (default: 1 at small scale, torch's choice at full)",
+    )
+    parser.add_argument(
         "--quiet", action="store_true", help="no progress bars (status lines remain)"
     )
 
@@ -230,6 +255,8 @@ def config_from_args(args):
         slstm_checkpoint=args.slstm_checkpoint,
         meta_train=args.meta_train,
         meta_episodes=args.meta_episodes,
+        meta_horizon=args.meta_horizon,
+        meta_config=args.meta_config,
         tune_trials=args.tune_trials,
         learning_rates=dict(args.lr),
         curvature_method=args.curvature_method,
@@ -238,6 +265,7 @@ def config_from_args(args):
         lr_multipliers=tuple(args.lr_multipliers),
         horizon_factor=args.horizon_factor,
         image_size=args.image_size,
+        threads=args.threads,
         model_sizes=args.model_sizes,
         validation_size=args.validation_size,
         train_eval_size=args.train_eval_size,

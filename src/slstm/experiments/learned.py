@@ -1,5 +1,6 @@
 """The learned optimizers of an experiment: shipped, given, or meta-trained here."""
 
+import copy
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,11 +11,21 @@ from .training import OptimizerFactory
 DEFAULT_CHECKPOINTS = {"lstm": "lstm-fashion-mnist", "slstm": "slstm-fashion-mnist"}
 # Used when a checkpoint's provenance does not name its meta-training horizon.
 ASSUMED_META_HORIZON = 100
+# Keys under which a checkpoint's provenance stores its meta-training options:
+# `slstm meta-train` writes "meta_train_config"; "configuration" is the name
+# slstm.optim.save_checkpoint documents.
+CONFIG_KEYS = ("meta_train_config", "configuration")
 
 
 @dataclass
 class LearnedSource:
-    """A loaded learned optimizer: the update networks and where they came from."""
+    """A loaded learned optimizer and where it came from.
+
+    Attributes:
+        checkpoint: ``slstm.optim.Checkpoint`` (update networks, config, provenance).
+        source: shipped name or file path it was loaded from.
+        note: how it was chosen (shipped default, option, meta-trained here).
+    """
 
     checkpoint: object
     source: str
@@ -22,29 +33,74 @@ class LearnedSource:
 
 
 def learned_factory(name, source, multiplier, device):
-    from slstm.optim import LearnedOptimizer, param_groups_by_kind
+    """Return an ``OptimizerFactory`` for a loaded learned optimizer.
+
+    ``multiplier`` multiplies the update that the networks output, the learned
+    counterpart of a learning rate. Each ``UpdateNet`` applies its own
+    ``output_scale``, so a multiplier other than 1 works on a scaled copy of the
+    networks and leaves the loaded ones untouched.
+    """
+    from slstm.optim import LearnedOptimizer
 
     checkpoint = source.checkpoint
     nets = checkpoint.nets.to(device)
     base = checkpoint.config
 
     def make(model, rate):
-        # The multiplier scales the update the networks output.
+        scaled_nets = nets
+        if rate != 1.0:
+            scaled_nets = copy.deepcopy(nets)
+            for net in scaled_nets.values():
+                net.output_scale = net.output_scale * rate
         config = dataclasses.replace(base, output_scale=base.output_scale * rate)
-        return LearnedOptimizer(param_groups_by_kind(model), nets, config)
+        return LearnedOptimizer(model, scaled_nets, config)
 
-    method = base.curvature_method if "hessian" in base.inputs else None
+    method = base.curvature_method if base.needs_curvature else None
     return OptimizerFactory(
         name=name, make=make, lr=multiplier, curvature_method=method
     )
+
+
+def trained_on(provenance):
+    """Return ``{"net", "net_sizes", "data", "batch_size", "horizon"}`` found in
+    a checkpoint's meta-training options, or {} if the provenance has none."""
+    for key in CONFIG_KEYS:
+        options = provenance.get(key)
+        if isinstance(options, dict):
+            return {
+                field: options[field]
+                for field in ("net", "net_sizes", "data", "batch_size", "horizon")
+                if field in options
+            }
+    return {}
+
+
+def network_note(provenance, model_name, model_sizes, batch_size):
+    """Return a sentence when the checkpoint was meta-trained on another setting."""
+    trained = trained_on(provenance)
+    if not trained:
+        return "its provenance does not name the network it was meta-trained on"
+    differences = []
+    if "net" in trained and trained["net"] != model_name:
+        differences.append(f"network {trained['net']} (here {model_name})")
+    sizes = trained.get("net_sizes")
+    if sizes is not None and "net" in trained and trained["net"] == model_name:
+        mismatched = {k: v for k, v in sizes.items() if model_sizes.get(k, v) != v}
+        if mismatched or set(sizes) != set(model_sizes):
+            differences.append(f"sizes {sizes} (here {model_sizes})")
+    if "batch_size" in trained and trained["batch_size"] != batch_size:
+        differences.append(f"minibatch {trained['batch_size']} (here {batch_size})")
+    if not differences:
+        return ""
+    return "meta-trained on a different setting: " + ", ".join(differences)
 
 
 def meta_horizon(learned):
     """Return ``(steps, source)``, the longest meta-training horizon found."""
     found = {}
     for name, source in learned.items():
-        horizon = _find_horizon(getattr(source.checkpoint, "provenance", {}) or {})
-        if horizon is not None:
+        horizon = trained_on(source.checkpoint.provenance or {}).get("horizon")
+        if isinstance(horizon, int):
             found[name] = horizon
     if not found:
         return ASSUMED_META_HORIZON, (
@@ -55,71 +111,88 @@ def meta_horizon(learned):
     return steps, f"from the checkpoints' provenance: {names}"
 
 
-def _find_horizon(provenance):
-    for key in ("horizon", "meta_horizon"):
-        if isinstance(provenance.get(key), int):
-            return provenance[key]
-    for value in provenance.values():
-        if isinstance(value, dict):
-            found = _find_horizon(value)
-            if found is not None:
-                return found
-    return None
+def load_learned_optimizers(config, preset, out_dir, device, *, progress, log):
+    """Load or meta-train each learned optimizer among ``config.optimizers``.
 
-
-def load_learned_optimizers(
-    config, preset, data_name, settings, device, out_dir, progress, log
-):
-    """Load or meta-train each learned optimizer among ``config.optimizers``."""
+    Returns ``{name: LearnedSource}``. An explicit checkpoint option wins; else
+    ``--meta-train`` (or a preset that requires it) meta-trains; else the
+    shipped checkpoint is loaded.
+    """
     from slstm.optim import load_checkpoint
 
-    wanted = [name for name in LEARNED if name in config.optimizers]
     given = {"lstm": config.lstm_checkpoint, "slstm": config.slstm_checkpoint}
     sources = {}
-    for name in wanted:
+    for name in [name for name in LEARNED if name in config.optimizers]:
         if given[name] is not None:
             path_or_name = given[name]
             note = f"given with --{name}-checkpoint"
         elif config.meta_train or preset.requires_meta_train:
             path_or_name = meta_train_optimizer(
-                name, config, preset, data_name, settings, out_dir, progress, log
+                name,
+                config,
+                preset,
+                out_dir,
+                progress=progress,
+                log=log,
             )
             note = "meta-trained by this experiment"
         else:
             path_or_name = DEFAULT_CHECKPOINTS[name]
             note = "shipped checkpoint"
         checkpoint = load_checkpoint(path_or_name, map_location=device)
-        sources[name] = LearnedSource(
-            checkpoint=checkpoint, source=str(path_or_name), note=note
-        )
+        sources[name] = LearnedSource(checkpoint, str(path_or_name), note)
         log(f"{DISPLAY_NAMES[name]}: {path_or_name} ({note})")
     return sources
 
 
-def meta_train_optimizer(
-    name, config, preset, data_name, settings, out_dir, progress, log
-):
-    """Meta-train optimizer ``name`` as the preset says; return the checkpoint path."""
-    from slstm.meta import MetaTrainConfig, meta_train
+def meta_train_config(name, config, preset, out_dir):
+    """Return the ``MetaTrainConfig`` that ``--meta-train`` uses for ``name``.
+
+    Starts from ``--meta-config`` (a JSON file such as the config.json that
+    `slstm meta-train` writes) or from the preset's task: its meta-training
+    network, classes and the experiment's data, minibatch size and seed. The
+    experiment's ``--meta-episodes`` and ``--meta-horizon`` override either.
+    """
+    from slstm.meta import MetaTrainConfig
 
     meta = preset.meta_train
-    meta_config = MetaTrainConfig(
-        optimizer=name,
-        data=data_name,
-        data_dir=config.data_dir,
-        classes=meta.classes,
-        net=meta.model,
-        net_sizes=dict(meta.model_sizes),
-        episodes=config.meta_episodes or meta.episodes,
-        batch_size=config.batch_size or settings.batch_size,
-        seed=config.first_seed,
-        out=str(Path(out_dir) / "meta-train" / name),
-        curvature_method=config.curvature_method,
-        device=config.device,
-    )
+    if config.meta_config is not None:
+        base = MetaTrainConfig.load(config.meta_config)
+    else:
+        base = MetaTrainConfig(
+            data=config.data,
+            data_dir=config.data_dir,
+            classes=meta.classes,
+            net=meta.model,
+            net_sizes=dict(meta.model_sizes),
+            episodes=meta.episodes,
+            batch_size=config.batch_size,
+            seed=config.first_seed,
+            curvature_method=config.curvature_method,
+            device=config.device,
+        )
+    changes = {"optimizer": name, "out": str(Path(out_dir) / "meta-train" / name)}
+    if config.meta_episodes is not None:
+        changes["episodes"] = config.meta_episodes
+    if config.meta_horizon is not None:
+        changes["horizon"] = config.meta_horizon
+        changes["unroll"] = min(base.unroll, config.meta_horizon)
+    return base.replace(**changes)
+
+
+def meta_train_optimizer(name, config, preset, out_dir, *, progress, log):
+    """Meta-train optimizer ``name``; return the path of its best checkpoint.
+
+    The best checkpoint is the one with the lowest meta-validation loss; when no
+    validation ran, the last one.
+    """
+    from slstm.meta import meta_train
+
+    meta_config = meta_train_config(name, config, preset, out_dir)
     log(
-        f"meta-training {DISPLAY_NAMES[name]}: {meta_config.episodes} episodes on "
-        f"{meta.model} ({data_name}, classes {meta.classes or 'all'})"
+        f"meta-training {DISPLAY_NAMES[name]}: {meta_config.episodes} episodes of "
+        f"{meta_config.horizon} steps on {meta_config.net} ({meta_config.data}, "
+        f"classes {meta_config.classes or 'all'}) into {meta_config.out}"
     )
     result = meta_train(meta_config, progress=progress)
-    return str(result.best_checkpoint)
+    return str(result.best_checkpoint or result.last_checkpoint)

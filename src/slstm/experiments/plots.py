@@ -5,6 +5,7 @@ deviation. A mean curve ends at the first step where any seed diverged, and each
 divergence is marked with an ``x`` at the top of the axes at its step.
 """
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -62,7 +63,7 @@ def plot_loss(record, path):
         _log_scale_if_positive(ax)
         ax.grid(True, which="both", alpha=0.3)
     ax_batch.set_ylabel("cross-entropy loss")
-    ax_eval.legend(loc="upper right", fontsize="small")
+    ax_eval.legend(loc="best", fontsize="small")
     fig.suptitle(_title(record))
     return _save(fig, path)
 
@@ -78,7 +79,7 @@ def plot_test_error(record, path):
     ax.set_xlabel("step")
     ax.set_ylabel(f"test error on {record.setup['data']['test_eval']} images (%)")
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="upper right", fontsize="small")
+    ax.legend(loc="best", fontsize="small")
     ax.set_title(_title(record), fontsize="medium")
     return _save(fig, path)
 
@@ -182,10 +183,21 @@ def _log_scale_if_positive(ax):
     lows = [np.min(y) for y in lows if np.issubdtype(np.asarray(y).dtype, np.number)]
     if lows and min(lows) > 0:
         ax.set_yscale("log")
-        # Plain numbers (0.5, 1, 2) read better than powers of ten here.
-        label = ticker.FuncFormatter(lambda value, _: f"{value:g}")
-        ax.yaxis.set_major_formatter(label)
-        ax.yaxis.set_minor_formatter(label)
+        # Plain numbers (0.5, 1, 2) read better than powers of ten here, and
+        # labelling only the minor ticks at 2 and 5 keeps them apart.
+        ax.yaxis.set_major_formatter(ticker.FuncFormatter(_plain_label))
+        ax.yaxis.set_minor_formatter(ticker.FuncFormatter(_minor_label))
+
+
+def _plain_label(value, _position):
+    return f"{value:g}"
+
+
+def _minor_label(value, _position):
+    if value <= 0:
+        return ""
+    mantissa = value / 10 ** math.floor(math.log10(value))
+    return f"{value:g}" if round(mantissa) in (2, 5) else ""
 
 
 def _label(name):

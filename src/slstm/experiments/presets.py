@@ -31,9 +31,9 @@ DISPLAY_NAMES = {
 # meta-training learns.
 LR_SEARCH_RANGES = {
     "sgd": (1e-3, 1.0),
-    "rmsprop": (1e-5, 1e-1),
-    "adam": (1e-5, 1e-1),
-    "diagonal-newton": (1e-3, 1.0),
+    "rmsprop": (1e-4, 1e-1),
+    "adam": (1e-4, 1e-1),
+    "diagonal-newton": (1e-4, 1.0),
 }
 
 STUDIES = ("lr-sensitivity", "horizon")
@@ -52,6 +52,8 @@ class ScaleSettings:
             baselines' learning rates.
         tune_trials: random-search trials per baseline.
         study_seeds: seeds of each extra study (learning-rate sensitivity, horizon).
+        eval_every: steps between evaluations.
+        threads: torch CPU threads, or None for torch's default.
     """
 
     model_sizes: dict = field(default_factory=dict)
@@ -61,11 +63,13 @@ class ScaleSettings:
     validation_size: int = 5_000
     tune_trials: int = 10
     study_seeds: int = 3
+    eval_every: int = 5
+    threads: int | None = None
 
 
 @dataclass(frozen=True)
 class MetaTrainSettings:
-    """How ``--meta-train`` meta-trains the learned optimizers for a preset.
+    """Meta-training task of a preset, used by ``--meta-train``.
 
     Attributes:
         model: network of the meta-training tasks (a ``slstm.models.MODELS`` name).
@@ -135,14 +139,21 @@ def resolve_scale(scale, device):
     )
 
 
+# Evaluations cost more than training at this size (a forward pass over 2,024
+# images against 64 forward and backward passes per step), hence every 10 steps.
+# One thread: a 16-map network's tensors gain little from intra-op threads, and
+# on a loaded 2-core machine two threads made a training step 4 to 8 times
+# slower than one (bench/experiment_budget.py notes in docs/benchmarks.md).
 _MNIST_SMALL = ScaleSettings(
     model_sizes={"channels": 16},
     batch_size=64,
     train_eval_size=1_024,
-    test_eval_size=2_000,
+    test_eval_size=1_000,
     validation_size=2_000,
     tune_trials=8,
     study_seeds=2,
+    eval_every=10,
+    threads=1,
 )
 _MNIST_FULL = ScaleSettings(model_sizes={"channels": 64}, batch_size=128)
 
@@ -150,17 +161,21 @@ _CIFAR_SMALL = ScaleSettings(
     model_sizes={"channels": 16},
     batch_size=64,
     train_eval_size=1_024,
-    test_eval_size=2_000,
+    test_eval_size=1_000,
     validation_size=2_000,
     tune_trials=8,
     study_seeds=2,
+    eval_every=10,
+    threads=1,
 )
 _CIFAR_FULL = ScaleSettings(batch_size=128)
 
 PRESETS = {
     "fashion-mnist": Preset(
         name="fashion-mnist",
-        description="Fashion-MNIST, mnist_cnn (three convolutions and a linear layer)",
+        description=(
+            "Fashion-MNIST, mnist_cnn (three convolutions, two hidden linear layers)"
+        ),
         data="fashion-mnist",
         model="mnist_cnn",
         small=_MNIST_SMALL,
@@ -169,7 +184,9 @@ PRESETS = {
     ),
     "mnist": Preset(
         name="mnist",
-        description="MNIST digits, mnist_cnn (three convolutions and a linear layer)",
+        description=(
+            "MNIST digits, mnist_cnn (three convolutions, two hidden linear layers)"
+        ),
         data="mnist",
         model="mnist_cnn",
         small=_MNIST_SMALL,
@@ -191,17 +208,20 @@ PRESETS = {
         data="imagefolder",
         model="imagenet_cnn",
         small=ScaleSettings(
-            model_sizes={"channels": 16},
+            model_sizes={"channels": (16, 32, 64, 64, 64), "hidden": 256},
             batch_size=32,
             train_eval_size=512,
             test_eval_size=1_000,
             validation_size=1_000,
             tune_trials=6,
             study_seeds=2,
+            eval_every=10,
+            threads=1,
         ),
         full=ScaleSettings(batch_size=128, train_eval_size=5_000),
         meta_train=MetaTrainSettings(
-            model="imagenet_cnn", model_sizes={"channels": 16}
+            model="imagenet_cnn",
+            model_sizes={"channels": (16, 32, 64, 64, 64), "hidden": 256},
         ),
     ),
     "transfer": Preset(

@@ -122,6 +122,8 @@ class ExperimentRecord:
         checkpoints: per learned optimizer ``{"source", "provenance", ...}``.
         runs: every run of every study.
         timing: wall time of each phase in seconds.
+        summary: the summary table as data (``summary.summary_table``), derived
+            from ``runs`` and stored for scripts that read results.json.
     """
 
     config: dict
@@ -130,6 +132,7 @@ class ExperimentRecord:
     checkpoints: dict
     runs: list
     timing: dict = field(default_factory=dict)
+    summary: list = field(default_factory=list)
 
     def runs_of(self, study="main", optimizer=None):
         """Return the runs of ``study`` (and ``optimizer`` if given), seed order."""
@@ -158,6 +161,7 @@ class ExperimentRecord:
             "learning_rates": _encode(self.learning_rates),
             "checkpoints": _encode(self.checkpoints),
             "timing": _encode(self.timing),
+            "summary": _encode(self.summary),
             "runs": [run.to_json() for run in self.runs],
         }
 
@@ -174,6 +178,7 @@ class ExperimentRecord:
             learning_rates=data["learning_rates"],
             checkpoints=data["checkpoints"],
             timing=data.get("timing", {}),
+            summary=data.get("summary", []),
             runs=[RunRecord.from_json(run) for run in data["runs"]],
         )
 

@@ -25,12 +25,14 @@ from pathlib import Path
 import torch
 
 from . import records
-from .learned import load_learned_optimizers, meta_horizon
+from .learned import load_learned_optimizers, meta_horizon, network_note, trained_on
 from .plots import plot_results
 from .presets import (
     BASELINES,
+    DISPLAY_NAMES,
     LEARNED,
     OPTIMIZER_NAMES,
+    SCALES,
     STUDIES,
     TRANSFER_MODELS,
     get_preset,
@@ -43,7 +45,7 @@ from .studies import (
     run_horizon,
     run_lr_sensitivity,
 )
-from .summary import format_main_table, render_summary
+from .summary import format_main_table, render_summary, summary_table
 from .training import EvalSets, evaluation_steps
 
 DEFAULT_LR_MULTIPLIERS = (0.1, 0.3, 1.0, 3.0, 10.0)
@@ -66,14 +68,20 @@ class ExperimentConfig:
         seeds: number of seeds, ``first_seed .. first_seed + seeds - 1``.
         first_seed: first seed.
         batch_size: minibatch size (None: the scale's).
-        eval_every: steps between evaluations of the training subset and test set.
+        eval_every: steps between evaluations of the training subset and test set
+            (None: the scale's).
         device: "auto", "cpu" or "cuda".
         optimizers: registry names of the optimizers to compare.
         lstm_checkpoint, slstm_checkpoint: shipped checkpoint name or file path
             of the learned optimizers (None: the shipped Fashion-MNIST ones, or
             meta-training where the preset requires it).
         meta_train: meta-train LSTM and SLSTM first instead of loading checkpoints.
-        meta_episodes: meta-training episodes (None: the preset's).
+        meta_episodes: meta-training episodes (None: the preset's, or
+            ``meta_config``'s).
+        meta_horizon: steps per meta-training episode (None: ``meta_config``'s
+            or `slstm meta-train`'s default).
+        meta_config: JSON file of ``slstm.meta.MetaTrainConfig`` options that
+            ``--meta-train`` starts from (None: the preset's task).
         tune_trials: random-search trials per baseline (None: the scale's; 0:
             no tuning, the registry's default learning rates).
         learning_rates: fixed learning rates by optimizer name; those are not tuned.
@@ -91,6 +99,8 @@ class ExperimentConfig:
         train_eval_size, test_eval_size: evaluation subset sizes (None: the
             scale's; 0 for the test set means every test image).
         image_size: side of image-folder images in pixels (None: the preset's).
+        threads: torch CPU threads (None: the scale's, 1 at small scale and
+            torch's default at full scale).
     """
 
     preset: str = "fashion-mnist"
@@ -102,13 +112,15 @@ class ExperimentConfig:
     seeds: int = 5
     first_seed: int = 0
     batch_size: int | None = None
-    eval_every: int = 5
+    eval_every: int | None = None
     device: str = "auto"
     optimizers: tuple = OPTIMIZER_NAMES
     lstm_checkpoint: str | None = None
     slstm_checkpoint: str | None = None
     meta_train: bool = False
     meta_episodes: int | None = None
+    meta_horizon: int | None = None
+    meta_config: str | None = None
     tune_trials: int | None = None
     learning_rates: dict = field(default_factory=dict)
     curvature_method: str = "becker-lecun"
@@ -121,17 +133,26 @@ class ExperimentConfig:
     train_eval_size: int | None = None
     test_eval_size: int | None = None
     image_size: int | None = None
+    threads: int | None = None
 
     def validate(self):
         """Raise ``ValueError`` naming the first invalid option and its fix."""
         get_preset(self.preset)
-        for name in ("steps", "seeds", "eval_every", "horizon_factor"):
+        if self.scale not in SCALES:
+            raise ValueError(
+                f"unknown scale {self.scale!r}; choose one of {', '.join(SCALES)}"
+            )
+
+        for name in ("steps", "seeds", "horizon_factor"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         for name in (
             "batch_size",
             "meta_episodes",
+            "meta_horizon",
+            "eval_every",
+            "threads",
             "study_seeds",
             "validation_size",
             "train_eval_size",
@@ -141,14 +162,18 @@ class ExperimentConfig:
                 raise ValueError(
                     f"{name} must be a positive int or None, got {value!r}"
                 )
-        if self.tune_trials is not None and self.tune_trials < 0:
-            raise ValueError(f"tune_trials must be >= 0, got {self.tune_trials}")
+        for name in ("tune_trials", "test_eval_size"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise ValueError(f"{name} must be an int >= 0 or None, got {value!r}")
+
         unknown = [name for name in self.optimizers if name not in OPTIMIZER_NAMES]
         if unknown or not self.optimizers:
             raise ValueError(
                 f"invalid optimizers {list(self.optimizers)}; choose from "
                 f"{', '.join(OPTIMIZER_NAMES)}"
             )
+
         unknown = [name for name in self.learning_rates if name not in BASELINES]
         if unknown:
             raise ValueError(
@@ -158,6 +183,7 @@ class ExperimentConfig:
         for name, lr in self.learning_rates.items():
             if not (isinstance(lr, int | float) and lr > 0 and math.isfinite(lr)):
                 raise ValueError(f"learning rate of {name} must be > 0, got {lr!r}")
+
         unknown = [name for name in self.studies if name not in STUDIES]
         if unknown:
             raise ValueError(
@@ -175,7 +201,7 @@ class ExperimentConfig:
 
 @dataclass
 class ExperimentResult:
-    """What ``run_experiment`` returns.
+    """Output of ``run_experiment``.
 
     Attributes:
         out_dir: the output directory.
@@ -200,43 +226,50 @@ def run_experiment(config, *, progress=True, command=None, log=None):
     Returns:
         ``ExperimentResult``.
     """
-    config.validate()
-    log = log or _tqdm_write
-    started = time.perf_counter()
-    timing = {}
-
-    from slstm.models import build_model, count_parameters
     from slstm.utils import resolve_device
 
+    config.validate()
     preset = get_preset(config.preset)
     device = resolve_device(config.device)
     scale, scale_reason = resolve_scale(config.scale, device)
-    settings = preset.settings(scale)
-    data_name = config.data or preset.data
+    config = resolve_config(config, preset, scale)
+    threads = torch.get_num_threads()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    try:
+        return _run(config, preset, device, scale_reason, progress, command, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(config, preset, device, scale_reason, progress, command, log):
+    """Run a resolved ``config``; see ``run_experiment``."""
+    from slstm.models import build_model, count_parameters
+
+    log = log or _tqdm_write
+    started = time.perf_counter()
+    timing = {}
+    scale = config.scale
+    data_name = config.data
     model_name = preset.model
     if preset.name == "transfer":
         model_name = TRANSFER_MODELS.get(data_name, preset.model)
-    model_sizes = {**settings.model_sizes, **(config.model_sizes or {})}
-    batch_size = config.batch_size or settings.batch_size
+    model_sizes = config.model_sizes
+    batch_size = config.batch_size
     seeds = list(range(config.first_seed, config.first_seed + config.seeds))
-    study_seeds = seeds[: config.study_seeds or settings.study_seeds]
-    tune_trials = (
-        settings.tune_trials if config.tune_trials is None else config.tune_trials
-    )
+    study_seeds = seeds[: config.study_seeds]
 
     out_dir = _output_dir(config.out, preset.name, scale)
-    records.write_config(_config_dict(config, scale, scale_reason, device), out_dir)
+    records.write_config(_config_dict(config, scale_reason, device), out_dir)
     log(f"experiment {preset.name}: scale {scale} ({scale_reason})")
     log(f"writing to {out_dir}")
 
     # Data and the fixed evaluation subsets.
     phase = time.perf_counter()
-    splits = _load_data(preset, config, data_name, settings, device)
+    splits = _load_data(config, device)
     eval_sets = EvalSets(
-        loss_split=_fixed_subset(
-            splits.train, config.train_eval_size or settings.train_eval_size
-        ),
-        error_split=_fixed_subset(splits.test, _test_eval_size(config, settings)),
+        loss_split=_fixed_subset(splits.train, config.train_eval_size),
+        error_split=_fixed_subset(splits.test, config.test_eval_size or None),
     )
     timing["data"] = time.perf_counter() - phase
 
@@ -262,7 +295,7 @@ def run_experiment(config, *, progress=True, command=None, log=None):
         },
         "data": {
             "name": splits.name,
-            "dir": str(config.data_dir or "default location"),
+            "dir": str(config.data_dir or _default_data_dir(config.data)),
             "train": len(splits.train) + len(splits.validation or ()),
             "validation": len(splits.validation or ()),
             "test": len(splits.test),
@@ -286,16 +319,20 @@ def run_experiment(config, *, progress=True, command=None, log=None):
     # Learned optimizers: shipped checkpoints, given files, or meta-training.
     phase = time.perf_counter()
     learned = load_learned_optimizers(
-        config, preset, data_name, settings, device, out_dir, progress, log
+        config, preset, out_dir, device, progress=progress, log=log
     )
-    checkpoints = {
-        name: {
+    checkpoints = {}
+    for name, source in learned.items():
+        provenance = dict(source.checkpoint.provenance or {})
+        mismatch = network_note(provenance, model_name, model_sizes, batch_size)
+        if mismatch:
+            log(f"{DISPLAY_NAMES[name]}: {mismatch}")
+        checkpoints[name] = {
             "source": source.source,
-            "note": source.note,
-            "provenance": dict(getattr(source.checkpoint, "provenance", {}) or {}),
+            "note": "; ".join(filter(None, [source.note, mismatch])),
+            "trained_on": trained_on(provenance),
+            "provenance": provenance,
         }
-        for name, source in learned.items()
-    }
     timing["learned optimizers"] = time.perf_counter() - phase
 
     context = RunContext(
@@ -311,13 +348,25 @@ def run_experiment(config, *, progress=True, command=None, log=None):
 
     # Learning rates of the baselines.
     phase = time.perf_counter()
-    learning_rates = choose_learning_rates(config, tune_trials, context, progress, log)
+    learning_rates = choose_learning_rates(config, context, progress, log)
     timing["tuning"] = time.perf_counter() - phase
 
-    # The comparison.
+    record = records.ExperimentRecord(
+        config=config.to_dict(),
+        setup=setup,
+        learning_rates=learning_rates,
+        checkpoints=checkpoints,
+        runs=[],
+        timing=timing,
+    )
+
+    # The comparison. results.json and curves.csv are rewritten after each
+    # phase, so an interrupted experiment keeps what it finished.
     phase = time.perf_counter()
-    runs = run_comparison(config, seeds, learning_rates, context, progress)
+    runs = record.runs
+    runs += run_comparison(config, seeds, learning_rates, context, progress)
     timing["comparison"] = time.perf_counter() - phase
+    records.write_results(record, out_dir)
 
     if "lr-sensitivity" in config.studies:
         phase = time.perf_counter()
@@ -329,6 +378,7 @@ def run_experiment(config, *, progress=True, command=None, log=None):
             config, study_seeds, learning_rates, context, progress
         )
         timing["learning-rate sensitivity"] = time.perf_counter() - phase
+        records.write_results(record, out_dir)
 
     if "horizon" in config.studies:
         names = [n for n in ("adam", "lstm", "slstm") if n in config.optimizers]
@@ -351,14 +401,7 @@ def run_experiment(config, *, progress=True, command=None, log=None):
             log("horizon study skipped: no learned optimizer among --optimizers")
 
     timing["total"] = time.perf_counter() - started
-    record = records.ExperimentRecord(
-        config=config.to_dict(),
-        setup=setup,
-        learning_rates=learning_rates,
-        checkpoints=checkpoints,
-        runs=runs,
-        timing=timing,
-    )
+    record.summary = summary_table(record)
     files = list(records.write_results(record, out_dir))
     files += plot_results(record, out_dir)
     summary_path = out_dir / records.SUMMARY_FILE
@@ -371,20 +414,56 @@ def run_experiment(config, *, progress=True, command=None, log=None):
     return ExperimentResult(out_dir=out_dir, record=record, files=files)
 
 
-def _load_data(preset, config, data_name, settings, device):
+def resolve_config(config, preset, scale):
+    """Return ``config`` with every scale-dependent None replaced by its value.
+
+    The result is what config.json and results.json record, so a saved
+    experiment names the sizes it ran with, not "the scale's default".
+    """
+    settings = preset.settings(scale)
+    return dataclasses.replace(
+        config,
+        scale=scale,
+        data=config.data or preset.data,
+        batch_size=config.batch_size or settings.batch_size,
+        eval_every=config.eval_every or settings.eval_every,
+        tune_trials=(
+            settings.tune_trials if config.tune_trials is None else config.tune_trials
+        ),
+        study_seeds=min(config.study_seeds or settings.study_seeds, config.seeds),
+        model_sizes={**settings.model_sizes, **(config.model_sizes or {})},
+        validation_size=config.validation_size or settings.validation_size,
+        train_eval_size=config.train_eval_size or settings.train_eval_size,
+        test_eval_size=(
+            (settings.test_eval_size or 0)
+            if config.test_eval_size is None
+            else config.test_eval_size
+        ),
+        image_size=config.image_size or preset.image_size,
+        threads=config.threads or settings.threads,
+    )
+
+
+def _load_data(config, device):
     from slstm.data import load_dataset
 
     kwargs = {}
-    if data_name == "imagefolder":
-        kwargs["image_size"] = config.image_size or preset.image_size
+    if config.data == "imagefolder":
+        kwargs["image_size"] = config.image_size
     return load_dataset(
-        data_name,
+        config.data,
         config.data_dir,
-        validation=config.validation_size or settings.validation_size,
+        validation=config.validation_size,
         seed=SPLIT_SEED,
         device=device,
         **kwargs,
     )
+
+
+def _default_data_dir(name):
+    from slstm.data import DATASETS
+
+    return DATASETS[name].default_dir or "none needed"
 
 
 def _fixed_subset(split, size):
@@ -401,18 +480,12 @@ def _fixed_subset(split, size):
     return torch.utils.data.Subset(split, index.tolist())
 
 
-def _test_eval_size(config, settings):
-    if config.test_eval_size is None:
-        return settings.test_eval_size
-    return config.test_eval_size or None
-
-
 def _output_dir(out, preset_name, scale):
     if out is not None:
         path = Path(out)
         if (path / records.RESULTS_FILE).exists():
             raise FileExistsError(
-                f"{path} already holds an experiment (results.json); pass a new "
+                f"{path} already contains an experiment (results.json); pass a new "
                 "directory with --out or remove the old one"
             )
         path.mkdir(parents=True, exist_ok=True)
@@ -427,13 +500,10 @@ def _output_dir(out, preset_name, scale):
     return path
 
 
-def _config_dict(config, scale, scale_reason, device):
+def _config_dict(config, scale_reason, device):
     values = config.to_dict()
-    values["resolved"] = {
-        "scale": scale,
-        "scale_reason": scale_reason,
-        "device": str(device),
-    }
+    values["scale_reason"] = scale_reason
+    values["resolved_device"] = str(device)
     return values
 
 

@@ -9,6 +9,7 @@ import torch
 from .learned import learned_factory
 from .presets import DISPLAY_NAMES, LEARNED, LR_SEARCH_RANGES
 from .training import EvalSets, OptimizerFactory, evaluation_steps, train_run
+from .tuning import stratified_search
 
 # Tuning trains from its own seed, so no evaluation seed takes part in tuning.
 TUNING_SEED_OFFSET = 10_000
@@ -16,7 +17,7 @@ TUNING_SEED_OFFSET = 10_000
 
 @dataclass
 class RunContext:
-    """What every training run of one experiment shares."""
+    """Network, data, device and learned optimizers shared by an experiment's runs."""
 
     model: torch.nn.Module
     new_model: object
@@ -90,7 +91,7 @@ class RunContext:
         )
 
 
-def choose_learning_rates(config, tune_trials, context, progress, log):
+def choose_learning_rates(config, context, progress, log):
     """Return the learning-rate record of every optimizer, tuning where asked."""
     from tqdm.auto import tqdm
 
@@ -104,7 +105,7 @@ def choose_learning_rates(config, tune_trials, context, progress, log):
                 "lr": float(config.learning_rates[name]),
                 "source": "option",
             }
-        elif tune_trials == 0:
+        elif config.tune_trials == 0:
             from slstm.optim import OPTIMIZERS
 
             chosen[name] = {
@@ -116,13 +117,14 @@ def choose_learning_rates(config, tune_trials, context, progress, log):
     if not to_tune:
         return chosen
     if context.splits.validation is None:
-        raise ValueError("tuning needs a validation split; it is empty")
-
-    from slstm.meta.search import tune_learning_rate
+        raise ValueError(
+            "tuning needs a validation split, but it is empty; set --validation-size "
+            "or fix every baseline's rate with --lr NAME=VALUE"
+        )
 
     seed = config.first_seed + TUNING_SEED_OFFSET
     bar = tqdm(
-        total=len(to_tune) * tune_trials,
+        total=len(to_tune) * config.tune_trials,
         desc="tuning",
         unit="trial",
         disable=not progress,
@@ -148,13 +150,14 @@ def choose_learning_rates(config, tune_trials, context, progress, log):
             return math.inf if run.diverged else run.train_loss[-1]
 
         low, high = LR_SEARCH_RANGES[name]
-        result = tune_learning_rate(
-            objective, low=low, high=high, n_trials=tune_trials, seed=seed
+        result = stratified_search(
+            objective, low=low, high=high, n_trials=config.tune_trials, seed=seed
         )
         chosen[name] = {
             "lr": result.best_lr,
             "source": "tuned",
             "search_range": [low, high],
+            "search": "stratified",
             "steps": config.steps,
             "best_score": result.best_score,
             "trials": [list(trial) for trial in result.trials],
@@ -201,9 +204,10 @@ def run_comparison(config, seeds, learning_rates, context, progress):
 def run_lr_sensitivity(config, seeds, learning_rates, context, progress):
     from tqdm.auto import tqdm
 
-    # ×1 is the main comparison on the same seeds, so it is not run again.
+    # ×1 is the main comparison on the same seeds, so it is not run again. The
+    # study reports only the final loss, so it evaluates only at the ends.
     multipliers = sorted(m for m in set(config.lr_multipliers) if m != 1.0)
-    eval_steps = evaluation_steps(config.steps, config.eval_every)
+    eval_steps = [0, config.steps]
     runs = []
     bar = tqdm(
         total=len(seeds) * len(config.optimizers) * len(multipliers),
@@ -232,14 +236,16 @@ def run_lr_sensitivity(config, seeds, learning_rates, context, progress):
     return runs
 
 
+def horizon_eval_steps(steps, eval_every, meta_horizon):
+    """Return about 20 evaluation steps of a horizon run, one at ``meta_horizon``."""
+    return evaluation_steps(steps, max(eval_every, steps // 20), extra=[meta_horizon])
+
+
 def run_horizon(config, horizon, names, learning_rates, context, progress):
     from tqdm.auto import tqdm
 
     steps = horizon["steps"]
-    # About 50 evaluations per run, one of them at the meta-training horizon.
-    eval_steps = evaluation_steps(
-        steps, max(config.eval_every, steps // 50), extra=[horizon["meta_horizon"]]
-    )
+    eval_steps = horizon_eval_steps(steps, config.eval_every, horizon["meta_horizon"])
     runs = []
     bar = tqdm(
         total=len(horizon["seeds"]) * len(names),

@@ -73,6 +73,38 @@ def summarize(record, study="main"):
     return rows
 
 
+def summary_table(record, study="main"):
+    """Return the main table as a list of dicts, one per optimizer.
+
+    Keys: ``optimizer``, ``seeds``, ``train_loss_mean``, ``train_loss_std``,
+    ``test_error_mean``, ``test_error_std`` (fractions), ``finished_seeds``,
+    ``diverged_at``, ``steps_to_reference``, ``reference`` (the optimizer whose
+    final loss is the target), ``lr``, ``lr_source``, ``seconds_per_run`` and
+    ``ms_per_step``.
+    """
+    table = []
+    for row in summarize(record, study):
+        table.append(
+            {
+                "optimizer": row.optimizer,
+                "seeds": row.seeds,
+                "finished_seeds": row.train_loss[2],
+                "train_loss_mean": row.train_loss[0],
+                "train_loss_std": row.train_loss[1],
+                "test_error_mean": row.test_error[0],
+                "test_error_std": row.test_error[1],
+                "diverged_at": row.diverged_at,
+                "steps_to_reference": row.steps_to_reference,
+                "reference": REFERENCE_OPTIMIZER,
+                "lr": row.lr,
+                "lr_source": row.lr_source,
+                "seconds_per_run": row.seconds_per_run,
+                "ms_per_step": row.ms_per_step,
+            }
+        )
+    return table
+
+
 def reference_loss(runs, final_step):
     """Return the seed-mean final training loss of ``runs``, nan if any diverged."""
     if not runs or any(run.diverged for run in runs):
@@ -300,8 +332,9 @@ def _learning_rate_lines(record):
             low, high = info["search_range"]
             lines.append(
                 f"- {display}: {info['lr']:.4g}, best of {len(info['trials'])} "
-                f"log-uniform random trials in [{low:g}, {high:g}] scored by the "
-                f"validation loss after {info['steps']} steps "
+                f"trials in [{low:g}, {high:g}], one log-uniform draw in each of "
+                f"{len(info['trials'])} equal parts of the range on a log scale, "
+                f"scored by the validation loss after {info['steps']} steps "
                 f"(best {info['best_score']:.4f})"
             )
         elif source == "checkpoint":
@@ -324,6 +357,8 @@ def _checkpoint_lines(record):
         lines.append(f"- {DISPLAY_NAMES.get(name, name)}: `{info['source']}`")
         if info.get("note"):
             lines.append(f"  - note: {info['note']}")
+        if info.get("trained_on"):
+            lines.append(f"  - meta-trained on: {_format_value(info['trained_on'])}")
         for key, value in sorted(info.get("provenance", {}).items()):
             lines.append(f"  - {key}: {_format_value(value)}")
     return lines

@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import sys
 from pathlib import Path
 
 from slstm.meta.config import META_LOSSES, OPTIMIZER_KINDS, MetaTrainConfig
@@ -32,6 +33,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"(default: {defaults.optimizer})",
     )
     add_data_arguments(parser)
+    for action in parser._actions:
+        if action.dest == "validation":
+            # Meta-training validates by default, so it carves a split by default.
+            action.help = (
+                "training examples held out for validation: a count or a fraction "
+                f"(default: {defaults.validation})"
+            )
 
     task = parser.add_argument_group("tasks")
     task.add_argument(
@@ -58,11 +66,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     unroll.add_argument(
         "--episodes",
         type=int,
+        metavar="N",
         help=f"episodes per process (default: {defaults.episodes})",
     )
     unroll.add_argument(
         "--horizon",
         type=int,
+        metavar="N",
         help=f"optimizee steps per episode (default: {defaults.horizon})",
     )
     unroll.add_argument(
@@ -74,11 +84,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     unroll.add_argument(
         "--batch-size",
         type=int,
+        metavar="N",
         help=f"optimizee minibatch size (default: {defaults.batch_size})",
     )
     unroll.add_argument(
         "--divergence-factor",
         type=float,
+        metavar="FACTOR",
         help="end an episode when the loss exceeds this factor times its initial "
         f"value (default: {defaults.divergence_factor})",
     )
@@ -87,11 +99,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     meta.add_argument(
         "--meta-lr",
         type=float,
+        metavar="LR",
         help=f"Adam learning rate (default: {defaults.meta_lr})",
     )
     meta.add_argument(
         "--clip-norm",
         type=float,
+        metavar="NORM",
         help="clip the meta-gradient's L2 norm to this "
         f"(default: {defaults.clip_norm})",
     )
@@ -100,6 +114,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=META_LOSSES,
         help="sum: sum_t w_t L_t; log: sum_t w_t log L_t "
         f"(default: {defaults.meta_loss})",
+    )
+    meta.add_argument(
+        "--recompute-updates",
+        action="store_true",
+        help="recompute the update networks' activations in the meta-backward "
+        "instead of storing them: several times less memory per truncation, about "
+        "one more update-network forward pass per step",
     )
     meta.add_argument(
         "--loss-weights",
@@ -118,24 +139,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     learned.add_argument(
         "--output-scale",
         type=float,
+        metavar="SCALE",
         help=f"update = output_scale * LSTM output (default: {defaults.output_scale})",
     )
     learned.add_argument(
         "--hidden-size",
         type=int,
+        metavar="N",
         help=f"LSTM hidden units per layer (default: {defaults.hidden_size})",
     )
     learned.add_argument(
-        "--num-layers", type=int, help=f"LSTM layers (default: {defaults.num_layers})"
+        "--num-layers",
+        type=int,
+        metavar="N",
+        help=f"LSTM layers (default: {defaults.num_layers})",
     )
     learned.add_argument(
         "--preprocess-p",
         type=float,
+        metavar="P",
         help=f"exponent p of the log preprocessing (default: {defaults.preprocess_p})",
     )
 
     run = parser.add_argument_group("run")
-    run.add_argument("--seed", type=int, help=f"random seed (default: {defaults.seed})")
+    run.add_argument(
+        "--seed", type=int, metavar="N", help=f"random seed (default: {defaults.seed})"
+    )
     run.add_argument(
         "--out",
         metavar="DIR",
@@ -159,12 +188,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--validation-tasks",
         type=int,
+        metavar="N",
         help="fresh networks trained per validation "
         f"(default: {defaults.validation_tasks})",
     )
     run.add_argument(
         "--validation-horizon",
         type=int,
+        metavar="N",
         help="steps of each validation run (default: --horizon)",
     )
     run.add_argument(
@@ -204,16 +235,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     search.add_argument(
         "--search-low",
         type=float,
+        metavar="LR",
         help=f"lowest meta learning rate tried (default: {defaults.search_low})",
     )
     search.add_argument(
         "--search-high",
         type=float,
+        metavar="LR",
         help=f"highest meta learning rate tried (default: {defaults.search_high})",
     )
     search.add_argument(
         "--search-episodes",
         type=int,
+        metavar="N",
         help=f"episodes per search trial (default: {defaults.search_episodes})",
     )
     search.add_argument(
@@ -222,8 +256,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Optuna storage URL shared by several machines, e.g. "
         "postgresql://host/db (default: sqlite file in DIR/search)",
     )
-    # Every option's default is None, so the options a user gave can be told apart
-    # from the rest when --resume merges them with the saved configuration.
+    # Every option's default is None, so --resume can distinguish the options a
+    # user set from the rest when it merges them with the saved configuration.
     parser.set_defaults(**{name: None for name in _config_fields()})
 
 
@@ -239,7 +273,7 @@ def _config_fields() -> list[str]:
 
 
 def given_options(args: argparse.Namespace) -> dict:
-    """The configuration options set on the command line (not None)."""
+    """Return the configuration options set on the command line (not None)."""
     return {
         name: getattr(args, name)
         for name in _config_fields()
@@ -275,7 +309,16 @@ def run(args: argparse.Namespace) -> int:
         config = config_from_args(args)
     except (ValueError, FileNotFoundError) as error:
         raise SystemExit(f"slstm meta-train: {error}") from None
-    result = meta_train(config, resume=args.resume, progress=args.progress)
+    try:
+        result = meta_train(config, resume=args.resume, progress=args.progress)
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        raise SystemExit(f"slstm meta-train: {error}") from None
+    except KeyboardInterrupt:
+        print(
+            f"interrupted; continue with: slstm meta-train --out {config.out} --resume",
+            file=sys.stderr,
+        )
+        return 130
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     lines = [

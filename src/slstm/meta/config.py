@@ -44,6 +44,9 @@ class MetaTrainConfig:
         loss_weights: ``w_t`` over the ``T`` steps of a truncation:
             ``"uniform"`` (all 1), ``"linear"`` (``t/T``), ``"last"`` (only the
             last step), or ``T`` comma-separated numbers.
+        recompute_updates: recompute the update networks' activations in the
+            meta-backward instead of keeping them (less memory, about one more
+            update-network forward pass per step).
         divergence_factor: an episode ends as diverged when the optimizee's
             loss is non-finite or above this factor times its initial loss.
         validate_every: episodes between validations (0 disables them).
@@ -83,6 +86,7 @@ class MetaTrainConfig:
     clip_norm: float = 1.0
     meta_loss: str = "sum"
     loss_weights: str = "uniform"
+    recompute_updates: bool = False
     divergence_factor: float = 10.0
     validate_every: int = 10
     validation_tasks: int = 2
@@ -138,6 +142,13 @@ class MetaTrainConfig:
                 isinstance(value, int | float) and math.isfinite(value) and value > 0
             ):
                 raise ValueError(f"{name} must be a positive number, got {value!r}")
+        from slstm.optim import CURVATURE_METHODS
+
+        if self.curvature_method not in CURVATURE_METHODS:
+            raise ValueError(
+                f"curvature_method must be one of {CURVATURE_METHODS}, got "
+                f"{self.curvature_method!r}"
+            )
         if not self.divergence_factor > 1:
             raise ValueError(
                 f"divergence_factor must be above 1, got {self.divergence_factor!r}"
@@ -165,9 +176,9 @@ class MetaTrainConfig:
     def step_weights(self, length: int | None = None) -> list[float]:
         """Return ``w_1 .. w_T`` for a truncation of ``length`` steps (default T).
 
-        The last truncation of an episode may be shorter than ``T`` when
-        ``horizon`` is not a multiple of it; it uses the first ``length``
-        weights of an explicit list and recomputes ``"linear"`` for its length.
+        The last truncation of an episode is shorter than ``T`` when ``horizon``
+        is not a multiple of it. It then uses the first ``length`` weights of an
+        explicit list, and ``"linear"`` is recomputed for its length.
         """
         length = self.unroll if length is None else length
         spec = self.loss_weights.strip()

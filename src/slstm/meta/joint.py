@@ -58,7 +58,7 @@ def train_jointly(
         data: an already loaded :class:`slstm.data.DataSplits` to reuse.
 
     Returns:
-        ``(trainer, records, diverged)``; ``trainer.nets`` holds the update
+        ``(trainer, records, diverged)``; ``trainer.nets`` contains the update
         networks after the last meta-update.
     """
     if steps < 1:

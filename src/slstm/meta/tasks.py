@@ -4,8 +4,8 @@ A task fixes everything random about one episode: the optimizee architecture
 and sizes, the class subset, the initialisation seed and the seed of the
 minibatch order. :class:`TaskSampler` draws task ``i`` of rank ``r`` from a
 NumPy generator seeded with ``(seed, r, i)``, so a task depends only on those
-three numbers. Its state is therefore the episode counter alone, and a resumed
-or re-ranked run sees exactly the tasks an uninterrupted run sees.
+three numbers. Its state is therefore the episode counter alone, so a resumed
+run draws exactly the tasks of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ _VALIDATION_STREAM = 1
 @dataclass(frozen=True)
 class Task:
     """One optimizee problem.
+
+    NOTE: the data set is fixed per run (``--data``); tasks vary the network,
+    the class subset and the seeds, not the data set.
 
     Attributes:
         net: a name in :data:`slstm.models.MODELS`.

@@ -4,7 +4,7 @@ An episode trains a freshly initialised network from :class:`TaskSampler` for
 ``horizon`` steps with the learned optimizer, in truncations of ``T`` steps.
 After each truncation the meta-gradient of that truncation's meta-loss (see
 :mod:`slstm.meta.unroll`) is averaged over the ranks, clipped to
-``clip_norm`` and applied by Adam; then parameters and recurrent state are
+``clip_norm`` and applied by Adam. Then parameters and recurrent state are
 detached, so memory does not grow along the episode.
 
 Everything random in an episode is a function of ``(seed, rank, episode)``
@@ -73,6 +73,7 @@ RESUMABLE_CHANGES = frozenset(
         "search_high",
         "search_episodes",
         "search_storage",
+        "recompute_updates",
     }
 )
 
@@ -84,7 +85,7 @@ class Counters:
     episode: int = 0  # episodes finished on each rank
     meta_steps: int = 0  # meta-updates applied
     inner_steps: int = 0  # optimizee steps on this rank
-    skipped: int = 0  # meta-updates skipped: no rank had a finite meta-gradient
+    skipped: int = 0  # meta-updates skipped: no rank had a usable meta-gradient
     nonfinite: int = 0  # non-finite meta-losses or meta-gradients on this rank
     diverged: int = 0  # episodes on this rank whose optimizee diverged
     seconds: float = 0.0  # wall time, summed over resumptions
@@ -104,7 +105,7 @@ class EpisodeSummary:
 
 @dataclass
 class MetaTrainResult:
-    """Where a run put its files and how it went.
+    """Outcome of a meta-training run: its files and counters.
 
     Attributes:
         out: the output folder.
@@ -113,7 +114,8 @@ class MetaTrainResult:
         last_checkpoint: ``last.pt``, the update networks at the end.
         episodes: episodes finished on each rank.
         meta_steps: meta-updates applied.
-        skipped: meta-updates skipped for want of a finite meta-gradient.
+        skipped: meta-updates skipped because no rank had a usable (finite)
+            meta-gradient.
         nonfinite: non-finite meta-losses or meta-gradients on this rank.
         diverged: diverged episodes on this rank.
         best_validation_loss: the validation loss of ``best.pt`` (inf if none).
@@ -181,6 +183,15 @@ class MetaTrainer:
             config.net_sizes,
             num_classes=self.data.num_classes,
             task_classes=config.task_classes,
+        )
+        # Build one task's network now, so a bad --net or --net-sizes fails
+        # before any file is written.
+        first_task = self.sampler.sample(0, self.context.rank)
+        build_task_model(
+            first_task,
+            self.data.input_shape,
+            task_num_classes(first_task, self.data),
+            "cpu",
         )
         self.optimizer_config = learned_optimizer_config(config)
         with torch.random.fork_rng(devices=[]):
@@ -261,6 +272,7 @@ class MetaTrainer:
             steps,
             config.step_weights(steps),
             meta_loss=config.meta_loss,
+            recompute_updates=config.recompute_updates,
         )
         zeros = [torch.zeros_like(p) for p in self.meta_params]
         if result.meta_loss is None:
@@ -296,8 +308,7 @@ class MetaTrainer:
         """Average over ranks, clip and take one Adam step; False if skipped."""
         averaged, contributors = self.context.average_gradients(grads, usable)
         if contributors == 0:
-            if usable or self.context.active:
-                self.counters.skipped += 1
+            self.counters.skipped += 1
             return False
         for param, grad in zip(self.meta_params, averaged, strict=True):
             param.grad = grad
@@ -377,7 +388,7 @@ class MetaTrainer:
 
         Returns the mean over ``validation_tasks`` networks of the loss and the
         classification error of their final parameters on the whole validation
-        split; a run that diverges counts as loss ``inf`` and error 1.
+        split. A run that diverges counts as loss ``inf`` and error 1.
         """
         config = self.config
         steps = config.validation_horizon or config.horizon
@@ -450,10 +461,7 @@ class MetaTrainer:
             _restore_sigterm_handler(previous_handler)
             if bar is not None:
                 bar.close()
-        if (
-            self._written_episode != self.counters.episode
-            or not (self.out / "last.pt").exists()
-        ):
+        if self._written_episode != self.counters.episode:
             self.save_checkpoint()
         self.context.barrier()
         return self.result()
@@ -528,7 +536,10 @@ class MetaTrainer:
             }
         )
         if bar is not None:
-            postfix = {"meta_loss": f"{summary.meta_loss:.4g}"}
+            postfix = {
+                "meta_loss": f"{summary.meta_loss:.4g}",
+                "loss": f"{summary.final_loss:.4g}",
+            }
             if self.last_validation is not None:
                 postfix["val_loss"] = f"{self.last_validation[0]:.4g}"
             postfix["steps/s"] = f"{steps_per_second:.1f}"
@@ -625,12 +636,14 @@ class MetaTrainer:
 
     def save_checkpoint(self) -> None:
         """Write ``state/latest.pt`` and ``last.pt`` atomically (rank 0 writes)."""
+        # Every rank records the write, so all of them agree on whether the
+        # final checkpoint (a collective call) is still due.
         rng_states = self.context.all_gather_object(capture_rng_state())
+        self._written_episode = self.counters.episode
         if not self.context.is_main:
             return
         atomic_torch_save(self.state_dict(rng_states), self.out / STATE_FILE)
         self._save_optimizer(self.out / "last.pt")
-        self._written_episode = self.counters.episode
 
     def _save_optimizer(self, path: Path) -> None:
         from slstm.optim import save_checkpoint
@@ -816,11 +829,11 @@ def _ordered_batches(split, batch_size, device):
 
 
 def learned_optimizer_config(config: MetaTrainConfig):
-    """The :class:`slstm.optim.LearnedOptimizerConfig` a run meta-trains."""
+    """Build the :class:`slstm.optim.LearnedOptimizerConfig` a run meta-trains."""
     from slstm.optim import LearnedOptimizerConfig
 
-    return LearnedOptimizerConfig(
-        inputs=("grad", "hessian") if config.uses_hessian else ("grad",),
+    return LearnedOptimizerConfig.preset(
+        config.optimizer,
         preprocess_p=config.preprocess_p,
         hidden_size=config.hidden_size,
         num_layers=config.num_layers,
@@ -854,11 +867,16 @@ def meta_train(
     and rank 0 writes the files. With ``config.search > 0`` a random search
     over ``meta_lr`` runs first (see :func:`slstm.meta.search.search_meta_lr`).
     """
+    out = Path(config.out)
+    if resume and not (out / STATE_FILE).exists() and (out / "config.json").exists():
+        # Killed during the search or the first episodes: nothing to resume yet.
+        logger.warning("%s has no checkpoint yet; starting from episode 0", out)
+        resume = False
     device = resolve_device(config.device)
     context, device = setup_distributed(device)
     try:
         trials: list = []
-        if config.search and not (resume and (Path(config.out) / STATE_FILE).exists()):
+        if config.search and not resume:
             from slstm.meta.search import search_meta_lr
 
             best_lr, trials = search_meta_lr(config, context=context, device=device)

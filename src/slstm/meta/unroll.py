@@ -69,7 +69,7 @@ class Evaluation:
 
 @dataclass
 class TruncationResult:
-    """What one truncation produced.
+    """Result of one truncation.
 
     Attributes:
         meta_loss: the tensor to differentiate with respect to the update
@@ -229,6 +229,7 @@ def unroll_truncation(
     *,
     meta_loss: str = "sum",
     meta_gradient: str = "surrogate",
+    recompute_updates: bool = False,
 ) -> TruncationResult:
     """Run up to ``steps`` learned-optimizer steps and build their meta-loss.
 
@@ -241,14 +242,16 @@ def unroll_truncation(
         weights: ``w_1 .. w_T``.
         meta_loss: ``"sum"`` or ``"log"`` (see the module docstring).
         meta_gradient: ``"surrogate"`` or ``"backprop"`` (see the module docstring).
+        recompute_updates: keep only each step's parameters and LSTM state for
+            the meta-backward and recompute the update networks' activations
+            there (activation checkpointing). Cuts a truncation's memory several
+            times at the cost of one more update-network forward pass per step.
 
     Returns:
         A :class:`TruncationResult`. The optimizee is left at ``theta_T`` with
         the graph still attached; call :meth:`Optimizee.detach_` after the
         meta-update.
     """
-    from slstm.optim import learned_update
-
     if meta_gradient not in META_GRADIENTS:
         raise ValueError(
             f"meta_gradient must be one of {META_GRADIENTS}, got {meta_gradient!r}"
@@ -267,7 +270,8 @@ def unroll_truncation(
     diverged = False
     for t in range(steps):
         current = optimizee.current
-        new_params, new_state = learned_update(
+        step = _recomputed_update if recompute_updates else _learned_update
+        new_params, new_state = step(
             nets,
             config,
             optimizee.params,
@@ -275,9 +279,6 @@ def unroll_truncation(
             current.hessian_diags,
             optimizee.kinds,
             optimizee.state,
-            # Non-finite inputs need no check here: they make the loss or the
-            # meta-loss non-finite, which ends the episode or skips the update.
-            check_inputs=False,
         )
         evaluation = optimizee.evaluate(new_params, keep_graph=keep_graph)
         optimizee.params, optimizee.state = list(new_params), new_state
@@ -303,6 +304,48 @@ def unroll_truncation(
     if meta_loss == "log" and any(not loss > 0 for loss in losses):
         total_value = math.nan
     return TruncationResult(total, total_value, losses, diverged)
+
+
+def _learned_update(nets, config, params, grads, hessian_diags, kinds, state):
+    from slstm.optim import learned_update
+
+    # Non-finite inputs need no check here: they make the loss or the meta-loss
+    # non-finite, which ends the episode or skips the meta-update.
+    return learned_update(
+        nets, config, params, grads, hessian_diags, kinds, state, check_inputs=False
+    )
+
+
+def _recomputed_update(nets, config, params, grads, hessian_diags, kinds, state):
+    """:func:`_learned_update` under activation checkpointing.
+
+    The parameters and the state tensors go through
+    :func:`torch.utils.checkpoint.checkpoint` as flat positional inputs, so
+    autograd saves only them and reruns the update networks in the backward.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    count = len(params)
+    flat_state = [] if state is None else [t for entry in state for t in entry]
+
+    def run(*tensors):
+        step_params = list(tensors[:count])
+        step_state = None
+        if flat_state:
+            step_state = [
+                tuple(tensors[count + 2 * i : count + 2 * i + 2]) for i in range(count)
+            ]
+        new_params, new_state = _learned_update(
+            nets, config, step_params, grads, hessian_diags, kinds, step_state
+        )
+        return (*new_params, *(t for entry in new_state for t in entry))
+
+    outputs = checkpoint(run, *params, *flat_state, use_reentrant=False)
+    new_params = list(outputs[:count])
+    new_state = [
+        tuple(outputs[count + 2 * i : count + 2 * i + 2]) for i in range(count)
+    ]
+    return new_params, new_state
 
 
 def _meta_loss_term(evaluation, params, loss_value, meta_loss, keep_graph):

@@ -10,16 +10,16 @@ from slstm.curvature.errors import UnsupportedModelError
 
 @dataclass
 class BackwardContext:
-    """What the engine needs from one rule's backward step.
+    """Settings of one rule's backward step.
 
     Attributes:
         need_input: whether ``g`` and ``H`` at the module's input are needed (False
-            for the first module that owns wanted parameters and every module
+            for the first module that owns requested parameters and every module
             before it).
         second_order: whether to keep the ``σ''(x) g_y`` terms (False for the
             Gauss-Newton variant).
         params: local names (``"weight"``, ``"bias"``) of the module's parameters
-            whose gradient and diagonal are wanted.
+            whose gradient and diagonal are requested.
     """
 
     need_input: bool
@@ -52,6 +52,10 @@ class ModuleRule:
 
     def check(self) -> None:
         """Raise :class:`UnsupportedModelError` for options the rule cannot handle."""
+
+    #: A rule may define ``forward(x) -> Tensor``; the engine then runs it in
+    #: place of the module's own forward (same result) while recording.
+    forward = None
 
     def pre_forward(self, x: Tensor) -> None:
         """Save what must be read before the module runs (inputs it overwrites)."""

@@ -28,6 +28,12 @@ class Conv2dRule(ModuleRule):
     kernel, ``padding_mode`` reflect, replicate or circular) is a separate step:
     the input is padded explicitly and convolved without padding. Padding copies
     entries, so ``g`` and ``H`` flow back through it as sums over the copies.
+
+    NOTE: for ``H`` this treats the padding as its own step and drops the cross
+    terms between an entry and its copy when one kernel window reads both, so
+    near the border ``H_in`` of a reflect- or replicate-padded conv is
+    approximate even for an exact, diagonal ``H_out``. ``g`` and the parameter
+    diagonals are unaffected.
     """
 
     param_names = ("weight", "bias")
@@ -36,7 +42,7 @@ class Conv2dRule(ModuleRule):
         module = self.module
         if module.padding_mode not in PADDING_MODES:
             raise self.unsupported(
-                f"padding_mode={module.padding_mode!r} is not known",
+                f"padding_mode={module.padding_mode!r} is invalid",
                 f"use one of {', '.join(PADDING_MODES)}",
             )
         # (left, right, top, bottom) in F.pad order.
@@ -128,9 +134,9 @@ class Conv2dRule(ModuleRule):
         source = _padding_sources(
             height, width, self.explicit_pads, self.pad_mode, padded.device
         )
-        kept = source >= 0
+        copied = source >= 0
         result = padded.new_zeros(n, c, height * width)
-        result.index_add_(2, source[kept], padded.reshape(n, c, -1)[:, :, kept])
+        result.index_add_(2, source[copied], padded.reshape(n, c, -1)[:, :, copied])
         return result.view(n, c, height, width)
 
 

@@ -34,21 +34,39 @@ class MaxPool2dRule(ModuleRule):
             bool(module.ceil_mode),
         )
 
+    def forward(self, x: Tensor) -> Tensor:
+        """Stand in for the module's forward, to get the indices from the same
+        pooling pass instead of a second one."""
+        self.require_dims(x, 4, "(N, C, H, W)")
+        output, indices = torch.ops.aten.max_pool2d_with_indices(x, *self.options)
+        self.indices = indices.flatten(2)
+        return output
+
     def post_forward(self, x: Tensor, y: Tensor) -> None:
         self.require_dims(x, 4, "(N, C, H, W)")
-        self.x = x.detach()
+        if getattr(self, "indices", None) is None:  # the module's own forward ran
+            _, indices = torch.ops.aten.max_pool2d_with_indices(
+                x.detach(), *self.options
+            )
+            self.indices = indices.flatten(2)
+        # The indices (int64, one per output) take half the memory of the input
+        # for 2x2 windows, and let the input be freed after the forward pass.
+        self.indices = self.indices.detach()
+        self.input_shape = x.shape
 
     def backward(
         self, g_out: Tensor, h_out: Tensor, ctx: BackwardContext
     ) -> tuple[Tensor | None, Tensor | None, ParamDerivatives]:
         if not ctx.need_input:
             return None, None, {}
-        # Recomputing the indices costs one pooling pass and saves storing them.
-        _, indices = torch.ops.aten.max_pool2d_with_indices(self.x, *self.options)
-        route = torch.ops.aten.max_pool2d_with_indices_backward
-        g_in = route(g_out, self.x, *self.options, indices)
-        h_in = route(h_out, self.x, *self.options, indices)
-        return g_in, h_in, {}
+        return self._route(g_out), self._route(h_out), {}
+
+    def _route(self, grad: Tensor) -> Tensor:
+        n, c, height, width = self.input_shape
+        routed = grad.new_zeros(n, c, height * width)
+        # scatter_add_, not a scatter: overlapping windows add up.
+        routed.scatter_add_(2, self.indices, grad.flatten(2))
+        return routed.view(self.input_shape)
 
 
 class AvgPool2dRule(ModuleRule):

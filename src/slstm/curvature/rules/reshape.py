@@ -38,11 +38,11 @@ class IdentityRule(ModuleRule):
 class DropoutRule(ModuleRule):
     """``Dropout``: ``y = x ∘ m`` with ``m`` zero or ``1 / (1 - p)``.
 
-    In training mode the rule replaces the module's output by ``x ∘ m`` with a
-    mask it draws itself (same distribution, from ``generator`` when the engine
-    was given one), because the module does not expose its own mask and the
-    input alone cannot recover it where ``x`` is zero. Then ``g_in = g_out ∘ m``
-    and ``H_in = H_out ∘ m²``.
+    In training mode the module does not expose its mask, and the input alone
+    cannot recover it where ``x`` is zero. So the rule replaces the module's
+    output by ``x ∘ m`` with a mask it draws itself, from the same distribution
+    (and from ``generator`` when the engine was given one). Then
+    ``g_in = g_out ∘ m`` and ``H_in = H_out ∘ m²``.
     """
 
     generator: torch.Generator | None = None

@@ -1,0 +1,49 @@
+"""The ``slstm`` entry point: every listed subcommand resolves to a module."""
+
+import importlib
+import subprocess
+import sys
+
+import pytest
+
+from slstm import cli
+
+
+@pytest.mark.parametrize("name, module_name, help_text", cli.COMMANDS)
+def test_command_module_has_entry_points(name, module_name, help_text):
+    module = importlib.import_module(module_name)
+    assert callable(module.add_arguments), name
+    assert callable(module.run), name
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--help"])
+    assert exit_info.value.code == 0
+    output = capsys.readouterr().out
+    for name, _, _ in cli.COMMANDS:
+        assert name in output
+
+
+def test_no_command_prints_usage(capsys):
+    assert cli.main([]) == 2
+    assert "COMMAND" in capsys.readouterr().out
+
+
+def test_unknown_command_exits_with_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["no-such-command"])
+    assert exit_info.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_help_does_not_import_torch():
+    code = (
+        "import sys; from slstm import cli\n"
+        "try:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print('torch' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip().endswith("False")
