@@ -22,9 +22,9 @@ from .conftest import LOSS_FN, digits_cnn, random_quadratic
 NAMES = sorted(OPTIMIZERS)
 LEARNED = [name for name in NAMES if OPTIMIZERS[name].learned]
 
-# Step sizes for the quadratic with curvatures in [0.1, 10]: SGD must stay below
-# 2 / 10 to converge; the adaptive methods take larger steps than their defaults,
-# which are sized for CNNs.
+# Step sizes for the quadratic with curvatures in [0.1, 10]. SGD converges only
+# below 2 / 10. The adaptive methods take larger steps than their defaults, which
+# are sized for CNNs.
 QUADRATIC_LR = {"sgd": 0.15, "rmsprop": 0.03, "adam": 0.1, "diagonal-newton": 1.0}
 
 
