@@ -1,8 +1,8 @@
 """Learning-rate search for the baselines: stratified Optuna random search.
 
-Eight purely random log-uniform draws can leave whole decades untried (one
-experiment drew four of eight learning rates in the lowest sixth of the range),
-so the range is cut into ``n_trials`` equal parts on the log scale and
+Eight purely random log-uniform draws can leave whole decades untried: one
+experiment drew four of eight learning rates in the lowest sixth of the range.
+So the range is cut into ``n_trials`` equal parts on the log scale, and
 ``slstm.meta.search.tune_learning_rate`` draws one trial in each part.
 """
 
@@ -50,7 +50,9 @@ def stratified_search(objective, *, low, high, n_trials, seed):
     from slstm.meta.search import tune_learning_rate
 
     if not 0 < low < high:
-        raise ValueError(f"the search range needs 0 < low < high, got {low}, {high}")
+        raise ValueError(
+            f"invalid search range: need 0 < low < high, got {low}, {high}"
+        )
     trials = []
 
     def recorded(lr):
