@@ -278,6 +278,51 @@ def test_divergence_recorded_others_continue(data_dir, checkpoints, tmp_path):
     assert "set with --lr" in summary
 
 
+def test_all_tuning_trials_diverged_falls_back(data_dir, checkpoints, tmp_path):
+    config = tiny_config(
+        data_dir,
+        checkpoints,
+        tmp_path / "all-diverged",
+        optimizers=("sgd", "adam"),
+        learning_rates={"adam": 1e-3},
+        lr_ranges={"sgd": (1e5, 1e6)},
+        studies=(),
+        seeds=1,
+    )
+    result = run_experiment(config, progress=False)
+    info = result.record.learning_rates["sgd"]
+    assert info["all_diverged"]
+    assert info["lr"] == 1e5
+    assert all(score == float("inf") for _, score in info["trials"])
+    summary = (result.out_dir / "summary.md").read_text()
+    assert "all trials diverged" in summary
+    assert len(result.record.runs_of("main", "adam")) == 1
+
+
+def test_cli_lr_range_sets_search_range(capsys):
+    import argparse
+
+    from slstm.experiments.cli import add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(
+        ["fashion-mnist", "--lr-range", "diagonal-newton=1e-6:1e-3"]
+    )
+    assert config_from_args(args).lr_ranges == {"diagonal-newton": (1e-6, 1e-3)}
+    for bad in ("diagonal-newton=1e-2:1e-3", "lstm=1e-3:1e-2", "adam=0.1"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["fashion-mnist", "--lr-range", bad])
+        assert "NAME=LOW:HIGH" in capsys.readouterr().err
+
+
+def test_diagonal_newton_default_range_stays_below_divergence():
+    from slstm.experiments.presets import LR_SEARCH_RANGES
+
+    # Rates above 1e-2 diverged for DiagonalNewton on the MNIST CNN.
+    assert LR_SEARCH_RANGES["diagonal-newton"][1] <= 1e-2
+
+
 def test_existing_results_kept(experiment, data_dir, checkpoints):
     config = tiny_config(data_dir, checkpoints, experiment.out_dir)
     with pytest.raises(FileExistsError, match="--out"):

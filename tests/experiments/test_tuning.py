@@ -46,9 +46,14 @@ def test_diverged_trials_score_inf():
     assert result.best_lr < 1e-3
 
 
-def test_all_diverged_names_fix():
-    with pytest.raises(ValueError, match="--lr NAME=VALUE"):
-        stratified_search(lambda lr: math.inf, low=1e-3, high=1.0, n_trials=2, seed=0)
+def test_all_diverged_falls_back_to_low_end():
+    result = stratified_search(
+        lambda lr: math.nan, low=1e-3, high=1.0, n_trials=2, seed=0
+    )
+    assert result.all_diverged
+    assert result.best_lr == 1e-3
+    assert result.best_score == math.inf
+    assert [score for _, score in result.trials] == [math.inf, math.inf]
 
 
 def test_objective_error_propagates():

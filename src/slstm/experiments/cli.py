@@ -1,8 +1,16 @@
 """``slstm experiment PRESET``: compare the six optimizers on a preset."""
 
 import argparse
+import math
 
-from .presets import BASELINES, OPTIMIZER_NAMES, PRESETS, SCALES, STUDIES
+from .presets import (
+    BASELINES,
+    LR_SEARCH_RANGES,
+    OPTIMIZER_NAMES,
+    PRESETS,
+    SCALES,
+    STUDIES,
+)
 from .runner import DEFAULT_LR_MULTIPLIERS, ExperimentConfig
 
 
@@ -185,6 +193,17 @@ def add_arguments(parser):
         f"{', '.join(BASELINES)}; repeatable",
     )
     tuning.add_argument(
+        "--lr-range",
+        type=_learning_rate_range,
+        action="append",
+        default=[],
+        metavar="NAME=LOW:HIGH",
+        help="log-uniform search range of a baseline's learning rate, e.g. "
+        "diagonal-newton=1e-5:1e-2 (default: "
+        + ", ".join(f"{n}={lo:g}:{hi:g}" for n, (lo, hi) in LR_SEARCH_RANGES.items())
+        + "); repeatable",
+    )
+    tuning.add_argument(
         "--curvature-method",
         default=defaults.curvature_method,
         metavar="METHOD",
@@ -259,6 +278,7 @@ def config_from_args(args):
         meta_config=args.meta_config,
         tune_trials=args.tune_trials,
         learning_rates=dict(args.lr),
+        lr_ranges=dict(args.lr_range),
         curvature_method=args.curvature_method,
         studies=tuple(args.studies),
         study_seeds=args.study_seeds,
@@ -316,6 +336,28 @@ def _learning_rate(text):
             f"{', '.join(BASELINES)} and VALUE > 0, e.g. adam=0.003"
         )
     return name, lr
+
+
+def _learning_rate_range(text):
+    name, sep, bounds = text.partition("=")
+    low_text, colon, high_text = bounds.partition(":")
+    try:
+        low, high = float(low_text), float(high_text)
+    except ValueError:
+        low = high = None
+    if (
+        low is None
+        or not sep
+        or not colon
+        or name not in BASELINES
+        or not 0 < low < high < math.inf
+    ):
+        raise argparse.ArgumentTypeError(
+            f"invalid --lr-range {text!r}; write NAME=LOW:HIGH with NAME in "
+            f"{', '.join(BASELINES)} and 0 < LOW < HIGH, e.g. "
+            "diagonal-newton=1e-5:1e-2"
+        )
+    return name, (low, high)
 
 
 def _float_list(text):

@@ -85,6 +85,8 @@ class ExperimentConfig:
         tune_trials: random-search trials per baseline (None: the scale's; 0:
             no tuning, the registry's default learning rates).
         learning_rates: fixed learning rates by optimizer name; those are not tuned.
+        lr_ranges: ``(low, high)`` search range by baseline name, replacing
+            ``LR_SEARCH_RANGES`` for that baseline.
         curvature_method: diagonal Hessian of DiagonalNewton.
         studies: extra studies to run, from ``STUDIES``.
         study_seeds: seeds of the extra studies (None: the scale's), the first
@@ -123,6 +125,7 @@ class ExperimentConfig:
     meta_config: str | None = None
     tune_trials: int | None = None
     learning_rates: dict = field(default_factory=dict)
+    lr_ranges: dict = field(default_factory=dict)
     curvature_method: str = "becker-lecun"
     studies: tuple = STUDIES
     study_seeds: int | None = None
@@ -183,6 +186,20 @@ class ExperimentConfig:
         for name, lr in self.learning_rates.items():
             if not (isinstance(lr, int | float) and lr > 0 and math.isfinite(lr)):
                 raise ValueError(f"learning rate of {name} must be > 0, got {lr!r}")
+
+        unknown = [name for name in self.lr_ranges if name not in BASELINES]
+        if unknown:
+            raise ValueError(
+                f"search ranges can be set only for {', '.join(BASELINES)}, "
+                f"got {unknown}"
+            )
+        for name, bounds in self.lr_ranges.items():
+            low, high = bounds
+            if not (0 < low < high and math.isfinite(high)):
+                raise ValueError(
+                    f"search range of {name} must satisfy 0 < LOW < HIGH, got "
+                    f"{low!r}:{high!r}; e.g. --lr-range {name}=1e-5:1e-2"
+                )
 
         unknown = [name for name in self.studies if name not in STUDIES]
         if unknown:

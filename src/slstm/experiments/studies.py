@@ -149,7 +149,7 @@ def choose_learning_rates(config, context, progress, log):
             bar.set_postfix_str(f"{DISPLAY_NAMES[name]} lr {lr:.3g}")
             return math.inf if run.diverged else run.train_loss[-1]
 
-        low, high = LR_SEARCH_RANGES[name]
+        low, high = config.lr_ranges.get(name, LR_SEARCH_RANGES[name])
         result = stratified_search(
             objective, low=low, high=high, n_trials=config.tune_trials, seed=seed
         )
@@ -161,11 +161,20 @@ def choose_learning_rates(config, context, progress, log):
             "steps": config.steps,
             "best_score": result.best_score,
             "trials": [list(trial) for trial in result.trials],
+            "all_diverged": result.all_diverged,
         }
-        log(
-            f"tuned {DISPLAY_NAMES[name]}: lr {result.best_lr:.4g} "
-            f"(validation loss {result.best_score:.4f}, {len(result.trials)} trials)"
-        )
+        if result.all_diverged:
+            log(
+                f"tuned {DISPLAY_NAMES[name]}: all trials diverged; using lr "
+                f"{result.best_lr:.4g}, the smallest of the range [{low:g}, {high:g}] "
+                f"(set a lower range with --lr-range {name}=LOW:HIGH or fix it "
+                f"with --lr {name}=VALUE)"
+            )
+        else:
+            log(
+                f"tuned {DISPLAY_NAMES[name]}: lr {result.best_lr:.4g} (validation "
+                f"loss {result.best_score:.4f}, {len(result.trials)} trials)"
+            )
     bar.close()
     return chosen
 

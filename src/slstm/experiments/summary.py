@@ -25,6 +25,8 @@ class SummaryRow:
         lr: the learning rate used (the output multiplier for learned optimizers).
         lr_source: how ``lr`` was chosen: "tuned", "default", "option" or
             "checkpoint".
+        lr_all_diverged: True when every tuning trial diverged and ``lr`` is
+            the fallback, the smallest rate of the search range.
         seconds_per_run: mean wall time of a run including evaluation.
         ms_per_step: mean wall time of one update step in milliseconds.
     """
@@ -39,6 +41,7 @@ class SummaryRow:
     lr_source: str
     seconds_per_run: float
     ms_per_step: float
+    lr_all_diverged: bool = False
 
 
 def summarize(record, study="main"):
@@ -68,6 +71,7 @@ def summarize(record, study="main"):
                 lr_source=lr_info.get("source", "default"),
                 seconds_per_run=mean_std([run.wall_time_s for run in runs])[0],
                 ms_per_step=1000 * mean_std(step_times)[0],
+                lr_all_diverged=bool(lr_info.get("all_diverged", False)),
             )
         )
     return rows
@@ -328,7 +332,15 @@ def _learning_rate_lines(record):
         info = record.learning_rates[name]
         display = DISPLAY_NAMES.get(name, name)
         source = info["source"]
-        if source == "tuned":
+        if source == "tuned" and info.get("all_diverged"):
+            low, high = info["search_range"]
+            lines.append(
+                f"- {display}: {info['lr']:.4g}, all trials diverged: all "
+                f"{len(info['trials'])} trials in [{low:g}, {high:g}] gave a "
+                f"non-finite validation loss after {info['steps']} steps, so the "
+                "smallest rate of the range was used, untuned"
+            )
+        elif source == "tuned":
             low, high = info["search_range"]
             lines.append(
                 f"- {display}: {info['lr']:.4g}, best of {len(info['trials'])} "
@@ -415,6 +427,8 @@ def _format_reach(row, final_step):
 def _format_lr(row):
     if row.lr_source == "checkpoint":
         return "checkpoint ×1"
+    if row.lr_all_diverged:
+        return f"{row.lr:.4g} (all trials diverged)"
     return f"{row.lr:.4g} ({row.lr_source})"
 
 

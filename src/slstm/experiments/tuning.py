@@ -19,11 +19,14 @@ class SearchResult:
         best_score: that score.
         trials: ``(lr, score)`` of every trial in stratum order; a diverged
             trial has score ``inf``.
+        all_diverged: True when no trial had a finite score; ``best_lr`` is
+            then the low end of the range and ``best_score`` is ``inf``.
     """
 
     best_lr: float
     best_score: float
     trials: list = field(default_factory=list)
+    all_diverged: bool = False
 
 
 def strata(low, high, count):
@@ -44,8 +47,12 @@ def stratified_search(objective, *, low, high, n_trials, seed):
         n_trials: number of strata, and of trials.
         seed: seed of the first stratum's sampler; stratum ``i`` uses ``seed + i``.
 
+    When every trial diverges, the result falls back to ``low``, the smallest
+    learning rate of the range, with ``all_diverged`` set, so an experiment
+    keeps going and its records say that the rate was not tuned.
+
     Raises:
-        ValueError: when every trial diverged.
+        ValueError: when the range is invalid.
     """
     from slstm.meta.search import tune_learning_rate
 
@@ -73,9 +80,8 @@ def stratified_search(objective, *, low, high, n_trials, seed):
                 raise
     finite = [(lr, score) for lr, score in trials if math.isfinite(score)]
     if not finite:
-        raise ValueError(
-            f"every one of the {len(trials)} trials in [{low:g}, {high:g}] diverged; "
-            "fix the learning rate with --lr NAME=VALUE"
+        return SearchResult(
+            best_lr=low, best_score=math.inf, trials=trials, all_diverged=True
         )
     best_lr, best_score = min(finite, key=lambda pair: pair[1])
     return SearchResult(best_lr=best_lr, best_score=best_score, trials=trials)
