@@ -47,3 +47,13 @@ def test_demo_runs_on_fashion_mnist(capsys):
     part_2 = output[output.index("Part 2") :].splitlines()
     last_layer = next(line for line in part_2 if line.startswith("14.weight "))
     assert last_layer.split()[1:4] == ["0.00", "/", "1.00"]
+
+
+def test_demo_user_error_prints_one_line(capsys):
+    from slstm.cli import main
+
+    status = main(["demo", "--data", "digits", "--batch-size", "0"])
+    err = capsys.readouterr().err.strip()
+    assert status == 2
+    assert err.startswith("slstm demo: ") and "\n" not in err
+    assert "batch_size" in err

@@ -352,6 +352,21 @@ def test_invalid_config_names_value(overrides, message):
         ExperimentConfig(**overrides).validate()
 
 
+def test_cli_existing_run_prints_one_line(experiment, capsys):
+    status = main(["experiment", "fashion-mnist", "--out", str(experiment.out_dir)])
+    err = capsys.readouterr().err.strip()
+    assert status == 2
+    assert err.startswith("slstm experiment: ") and "\n" not in err
+    assert "--out" in err
+
+
+def test_cli_invalid_option_prints_one_line(capsys):
+    status = main(["experiment", "fashion-mnist", "--steps", "0"])
+    err = capsys.readouterr().err.strip()
+    assert status == 2
+    assert err == "slstm experiment: steps must be a positive int, got 0"
+
+
 def test_cli_rejects_bad_learning_rate(capsys):
     with pytest.raises(SystemExit):
         main(["experiment", "fashion-mnist", "--lr", "adam"])

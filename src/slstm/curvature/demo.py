@@ -12,6 +12,7 @@ Two parts, on minibatches of the training split (Fashion-MNIST by default):
 """
 
 import argparse
+import sys
 import time
 
 import torch
@@ -59,6 +60,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``slstm demo``; a user error prints one line and returns 2."""
+    try:
+        return _run(args)
+    except (ValueError, OSError) as error:
+        # The project's errors are ValueErrors whose message names the value
+        # and the fix; a traceback would bury it.
+        print(f"slstm demo: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     from slstm.data import batch_iterator, load_dataset_from_args
     from slstm.models import build_model
     from slstm.utils import resolve_device

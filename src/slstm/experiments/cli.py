@@ -2,6 +2,7 @@
 
 import argparse
 import math
+import sys
 
 from .presets import (
     BASELINES,
@@ -300,10 +301,13 @@ def run(args):
     config = config_from_args(args)
     try:
         config.validate()
-    except ValueError as error:
-        print(f"slstm experiment: error: {error}")
+        run_experiment(config, progress=not args.quiet, command=command_line())
+    except (ValueError, OSError) as error:
+        # The project's errors (DataError, CheckpointError,
+        # UnsupportedModelError) are ValueErrors whose message names the value
+        # and the fix; a traceback would bury it.
+        print(f"slstm experiment: {error}", file=sys.stderr)
         return 2
-    run_experiment(config, progress=not args.quiet, command=command_line())
     return 0
 
 

@@ -16,6 +16,7 @@ import argparse
 import json
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -130,13 +131,29 @@ def _net_sizes(text: str) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``slstm train``; a user error prints one line and returns 2."""
+    try:
+        return _run(args)
+    except (ValueError, OSError) as error:
+        # The project's errors (DataError, CheckpointError,
+        # UnsupportedModelError, NonFiniteInputError) are ValueErrors whose
+        # message names the value and the fix; a traceback would bury it.
+        print(f"slstm train: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.steps < 1:
-        raise SystemExit(f"slstm train: --steps must be positive, got {args.steps}")
+        raise ValueError(f"--steps must be positive, got {args.steps}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
+    if args.lr is not None and not (args.lr > 0 and math.isfinite(args.lr)):
+        raise ValueError(f"--lr must be a positive number, got {args.lr}")
     out = Path(args.out) if args.out else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -168,8 +185,8 @@ def _run_joint(args, out, report) -> int:
     from slstm.meta.joint import save_joint_optimizer, train_jointly
 
     if args.optimizer not in ("lstm", "slstm"):
-        raise SystemExit(
-            f"slstm train: --joint meta-learns a learned optimizer, but --optimizer "
+        raise ValueError(
+            f"--joint meta-learns a learned optimizer, but --optimizer "
             f"is {args.optimizer}; use --optimizer lstm or slstm"
         )
     config = MetaTrainConfig(
@@ -236,16 +253,15 @@ def _run_plain(args, report) -> int:
     options = {}
     if spec.learned:
         if args.lr is not None:
-            raise SystemExit(
-                f"slstm train: {args.optimizer} has no learning rate (its step size "
+            raise ValueError(
+                f"{args.optimizer} has no learning rate (its step size "
                 "is meta-trained); drop --lr"
             )
         if args.checkpoint:
             options["checkpoint"] = args.checkpoint
     elif args.checkpoint:
-        raise SystemExit(
-            f"slstm train: --checkpoint applies to learned optimizers, not "
-            f"{args.optimizer}"
+        raise ValueError(
+            f"--checkpoint applies to learned optimizers, not {args.optimizer}"
         )
     optimizer = spec.make(model, args.lr, **options)
     method = args.curvature_method
