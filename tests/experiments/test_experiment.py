@@ -316,6 +316,18 @@ def test_cli_lr_range_sets_search_range(capsys):
         assert "NAME=LOW:HIGH" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("option", ["--net-sizes", "--model-sizes"])
+def test_cli_net_sizes_option_and_alias(option):
+    import argparse
+
+    from slstm.experiments.cli import add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["fashion-mnist", option, "channels=3,hidden=8"])
+    assert config_from_args(args).model_sizes == {"channels": 3, "hidden": 8}
+
+
 def test_diagonal_newton_default_range_stays_below_divergence():
     from slstm.experiments.presets import LR_SEARCH_RANGES
 

@@ -94,11 +94,14 @@ def add_arguments(parser):
     )
     sizes = parser.add_argument_group("sizes (default: the scale's)")
     sizes.add_argument(
+        "--net-sizes",
         "--model-sizes",
+        dest="model_sizes",
         type=_model_sizes,
         default=None,
-        metavar="KEY=INT,...",
-        help="network size keywords, e.g. channels=32,hidden=64",
+        metavar="NAME=VALUE,...",
+        help="network sizes as in `slstm train`, e.g. channels=32,hidden=64 "
+        "(--model-sizes is the older name)",
     )
     sizes.add_argument(
         "--validation-size",
@@ -387,8 +390,8 @@ def _model_sizes(text):
         key, sep, value = part.partition("=")
         if not sep or not key.strip() or not value.strip().isdigit():
             raise argparse.ArgumentTypeError(
-                f"invalid sizes {text!r}; write KEY=INT pairs separated by commas, "
-                "e.g. channels=32,hidden=64"
+                f"invalid --net-sizes {text!r}; write NAME=VALUE pairs with integer "
+                "values, separated by commas, e.g. channels=32,hidden=64"
             )
         sizes[key.strip()] = int(value)
     return sizes
