@@ -66,3 +66,12 @@ def test_plots_survive_all_seeds_diverging(record, tmp_path, name):
         run.eval_steps, run.train_loss, run.test_error = [0], [2.3], [0.9]
     plot_results(record, tmp_path)
     assert_png(tmp_path / name)
+
+
+def test_one_seed_title_claims_no_spread(make_record):
+    from slstm.experiments.plots import _title
+
+    record = make_record(studies=False)
+    assert "mean ± std over 3 seeds" in _title(record)
+    record.setup["seeds"] = [0]
+    assert _title(record).endswith("1 seed, no spread")

@@ -118,3 +118,23 @@ def test_summary_table_as_data(record):
     assert table["sgd"]["diverged_at"] == [7]
     assert table["adam"]["reference"] == "adam"
     assert table["adam"]["train_loss_mean"] == pytest.approx(2.3 * math.exp(-1) + 0.01)
+
+
+def _one_seed(record):
+    record.runs = [run for run in record.runs if run.seed == 0]
+    record.setup["seeds"] = [0]
+    return record
+
+
+def test_one_seed_summary_claims_no_spread(make_record):
+    text = render_summary(_one_seed(make_record(studies=False)))
+    table = text.split("## Results")[1].split("\n\n")[1]
+    assert "±" not in table
+    assert "1 seed (0), no spread" in text
+    assert "over 1 seeds" not in text
+
+
+def test_several_seeds_summary_shows_spread(record):
+    text = render_summary(record)
+    assert "±" in text.split("## Results")[1]
+    assert "sample standard deviation over 3 seeds (0, 1, 2)" in text

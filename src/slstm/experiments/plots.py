@@ -209,7 +209,11 @@ def _title(record):
     return (
         f"{record.config['preset']} ({setup['scale']} scale): "
         f"{setup['model']['name']}, "
-        f"mean ± std over {len(setup['seeds'])} seeds"
+        + (
+            "1 seed, no spread"
+            if len(setup["seeds"]) == 1
+            else f"mean ± std over {len(setup['seeds'])} seeds"
+        )
     )
 
 

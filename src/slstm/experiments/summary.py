@@ -262,8 +262,7 @@ def render_summary(record):
         "",
         format_main_table(record, rows),
         "",
-        f"Mean ± sample standard deviation over {len(setup['seeds'])} seeds "
-        f"({', '.join(str(s) for s in setup['seeds'])}); within a seed every "
+        _seed_sentence(setup["seeds"]) + "; within a seed every "
         "optimizer starts from the same initialisation and sees the same minibatches.",
         f"Train loss: mean cross-entropy on a fixed subset of "
         f"{setup['data']['train_eval']} training images. Test error: on "
@@ -398,7 +397,7 @@ def _format_group(runs, final_step):
     if not finished:
         return f"diverged {len(runs)}/{len(runs)}"
     mean, std, n = mean_std([run.train_loss_at(final_step) for run in finished])
-    text = f"{mean:.4f} ± {std:.4f}"
+    text = _mean_and_spread(mean, std, n, 4)
     if n < len(runs):
         text += f" ({len(runs) - n}/{len(runs)} diverged)"
     return text
@@ -408,10 +407,31 @@ def _format_mean_std(stats, seeds, digits, unit=""):
     mean, std, n = stats
     if n == 0:
         return "all diverged" if seeds else "–"
-    text = f"{mean:.{digits}f} ± {std:.{digits}f}{unit}"
+    text = _mean_and_spread(mean, std, n, digits, unit)
     if n < seeds:
         text += f" ({n} of {seeds} seeds)"
     return text
+
+
+def _seed_sentence(seeds):
+    note = _seed_note(seeds)
+    if len(seeds) > 1:
+        note += f" ({', '.join(str(s) for s in seeds)})"
+    return note[0].upper() + note[1:]
+
+
+def _mean_and_spread(mean, std, n, digits, unit=""):
+    # One value has no sample standard deviation; a "± 0" would claim one.
+    if n == 1:
+        return f"{mean:.{digits}f}{unit}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}{unit}"
+
+
+def _seed_note(seeds):
+    """Return how a table cell or curve summarises ``seeds`` (a list of seeds)."""
+    if len(seeds) == 1:
+        return f"1 seed ({seeds[0]}), no spread"
+    return f"mean ± sample standard deviation over {len(seeds)} seeds"
 
 
 def _format_reach(row, final_step):
