@@ -75,3 +75,22 @@ def test_one_seed_title_claims_no_spread(make_record):
     assert "mean ± std over 3 seeds" in _title(record)
     record.setup["seeds"] = [0]
     assert _title(record).endswith("1 seed, no spread")
+
+
+def test_test_error_legend_covers_no_data(record):
+    import matplotlib.pyplot as plt
+
+    from slstm.experiments.plots import draw_test_error
+
+    fig = draw_test_error(record)
+    try:
+        fig.tight_layout()
+        fig.canvas.draw()
+        (ax,) = fig.axes
+        legend = ax.get_legend().get_window_extent()
+        axes = ax.get_window_extent()
+        # The legend lies entirely outside the data area, so no curve is hidden.
+        assert not legend.overlaps(axes)
+        assert 0 <= legend.x0 and legend.x1 <= fig.bbox.width
+    finally:
+        plt.close(fig)

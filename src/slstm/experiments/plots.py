@@ -47,7 +47,7 @@ def plot_results(record, out_dir):
 
 def plot_loss(record, path):
     """Plot minibatch loss per step and training-subset loss against steps."""
-    fig, (ax_batch, ax_eval) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    fig, (ax_batch, ax_eval) = plt.subplots(1, 2, figsize=(12.5, 4.2), sharey=True)
     for name in _ordered(record.optimizers("main")):
         runs = record.runs_of("main", name)
         steps, values = aligned_minibatch_losses(runs)
@@ -63,14 +63,19 @@ def plot_loss(record, path):
         _log_scale_if_positive(ax)
         ax.grid(True, which="both", alpha=0.3)
     ax_batch.set_ylabel("cross-entropy loss")
-    ax_eval.legend(loc="best", fontsize="small")
+    _legend_outside(ax_eval)
     fig.suptitle(_title(record))
     return _save(fig, path)
 
 
 def plot_test_error(record, path):
     """Plot the test error (percent) against steps."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    return _save(draw_test_error(record), path)
+
+
+def draw_test_error(record):
+    """Return the figure of ``plot_test_error``, not yet saved."""
+    fig, ax = plt.subplots(figsize=(7.8, 4.2))
     for name in _ordered(record.optimizers("main")):
         runs = record.runs_of("main", name)
         steps, values = aligned_curves(runs, "test_error")
@@ -79,16 +84,16 @@ def plot_test_error(record, path):
     ax.set_xlabel("step")
     ax.set_ylabel(f"test error on {record.setup['data']['test_eval']} images (%)")
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="best", fontsize="small")
+    _legend_outside(ax)
     ax.set_title(_title(record), fontsize="medium")
-    return _save(fig, path)
+    return fig
 
 
 def plot_lr_sensitivity(record, path):
     """Plot the final training loss against the learning-rate multiplier."""
     runs = sensitivity_runs(record)
     final_step = record.config["steps"]
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = plt.subplots(figsize=(7.8, 4.2))
     for name in _ordered({run.optimizer for run in runs}):
         group = [run for run in runs if run.optimizer == name]
         multipliers = sorted({run.lr_multiplier for run in group})
@@ -126,7 +131,7 @@ def plot_lr_sensitivity(record, path):
     ax.set_xlabel("learning-rate multiplier (learned optimizers: output multiplier)")
     ax.set_ylabel(f"train loss at step {final_step}")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize="small")
+    _legend_outside(ax)
     ax.set_title("learning-rate sensitivity (x: a seed diverged)", fontsize="medium")
     return _save(fig, path)
 
@@ -134,7 +139,7 @@ def plot_lr_sensitivity(record, path):
 def plot_horizon(record, path):
     """Plot the training-subset loss of the long runs and the meta-training horizon."""
     horizon = record.setup["horizon"]
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = plt.subplots(figsize=(7.8, 4.2))
     for name in _ordered(record.optimizers("horizon")):
         runs = record.runs_of("horizon", name)
         steps, values = aligned_curves(runs, "train_loss")
@@ -145,7 +150,7 @@ def plot_horizon(record, path):
     ax.set_xlabel("step (dotted: meta-training horizon)")
     ax.set_ylabel(f"loss on {record.setup['data']['train_eval']} training images")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize="small")
+    _legend_outside(ax)
     ax.set_title(
         f"{horizon['steps']} steps, {horizon['factor']}× the meta-training horizon",
         fontsize="medium",
@@ -200,6 +205,14 @@ def _minor_label(value, _position):
     return f"{value:g}" if round(mantissa) in (2, 5) else ""
 
 
+def _legend_outside(ax):
+    # Inside the axes, "best" still covers the ends of some curves, where the
+    # optimizers differ most; to the right of the axes it covers nothing.
+    ax.legend(
+        loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, fontsize="small"
+    )
+
+
 def _label(name):
     return DISPLAY_NAMES.get(name, name)
 
@@ -226,6 +239,6 @@ def _ordered(names):
 
 def _save(fig, path):
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
     plt.close(fig)
     return Path(path)
