@@ -78,7 +78,12 @@ def test_network_note_names_differences():
     }
     assert network_note(provenance, "mnist_cnn", {"channels": 16}, 64) == ""
     note = network_note(provenance, "mnist_cnn", {"channels": 64}, 64)
-    assert "sizes {'channels': 16} (here {'channels': 64})" in note
+    assert "sizes channels=16 (here channels=64)" in note
+    # Sizes left out on either side are the network's defaults (channels=64).
+    note = network_note(provenance, "mnist_cnn", {}, 64)
+    assert "sizes channels=16 (here channels=64)" in note
+    default = {"meta_train_config": {"net": "mnist_cnn", "net_sizes": {}}}
+    assert network_note(default, "mnist_cnn", {"channels": 64}, 64) == ""
     note = network_note(provenance, "cifar_cnn", {"channels": 16}, 64)
     assert "network mnist_cnn (here cifar_cnn)" in note
     assert "does not name" in network_note({}, "mnist_cnn", {}, 64)

@@ -47,3 +47,51 @@ def test_missing_data_dir_prints_one_line(capsys, tmp_path):
 def test_cuda_without_cuda_prints_one_line(capsys):
     line = _one_line_error(capsys, ["train", "--data", "digits", "--device", "cuda"])
     assert "CUDA" in line
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """An SLSTM checkpoint whose provenance says mnist_cnn with channels=4."""
+    from slstm.optim import LearnedOptimizerConfig, create_update_nets, save_checkpoint
+
+    config = LearnedOptimizerConfig.preset("slstm", hidden_size=4)
+    provenance = {
+        "meta_train_config": {
+            "net": "mnist_cnn",
+            "net_sizes": {"channels": 4, "hidden": 8},
+            "batch_size": 16,
+        }
+    }
+    path = tmp_path_factory.mktemp("ckpt") / "slstm.pt"
+    return save_checkpoint(path, create_update_nets(config), config, provenance)
+
+
+def _train(checkpoint, *options):
+    return main(
+        ["train", "--data", "digits", "--optimizer", "slstm", "--checkpoint",
+         str(checkpoint), "--steps", "1", "--eval-every", "0", *options]
+    )  # fmt: skip
+
+
+def test_warns_when_checkpoint_was_trained_on_other_sizes(capsys, checkpoint):
+    assert _train(checkpoint, "--net-sizes", "channels=6,hidden=8") == 0
+    err = capsys.readouterr().err
+    assert "warning" in err
+    assert "sizes channels=4 (here channels=6)" in err
+    assert "minibatch 16 (here 128)" in err
+
+
+def test_no_warning_when_setting_matches(capsys, checkpoint):
+    options = ("--net-sizes", "channels=4,hidden=8", "--batch-size", "16")
+    assert _train(checkpoint, *options) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_help_documents_joint_options_and_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "optimizee steps between meta-updates" in text
+    assert "logarithms" in text
+    for default in ("(default: 1000)", "(default: 128)", "(default: 0)"):
+        assert default in text

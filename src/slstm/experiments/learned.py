@@ -84,15 +84,35 @@ def network_note(provenance, model_name, model_sizes, batch_size):
     if "net" in trained and trained["net"] != model_name:
         differences.append(f"network {trained['net']} (here {model_name})")
     sizes = trained.get("net_sizes")
-    if sizes is not None and "net" in trained and trained["net"] == model_name:
-        mismatched = {k: v for k, v in sizes.items() if model_sizes.get(k, v) != v}
-        if mismatched or set(sizes) != set(model_sizes):
-            differences.append(f"sizes {sizes} (here {model_sizes})")
+    if isinstance(sizes, dict) and trained.get("net") == model_name:
+        # Either side may list only the sizes it changed; the network's defaults
+        # fill in the rest, so {} and {"channels": 64} compare equal for mnist_cnn.
+        defaults = _default_sizes(model_name)
+        then = {**defaults, **sizes}
+        here = {**defaults, **(model_sizes or {})}
+        keys = [k for k in {**then, **here} if then.get(k) != here.get(k)]
+        if keys:
+            differences.append(
+                f"sizes {_format_sizes(then, keys)} (here {_format_sizes(here, keys)})"
+            )
     if "batch_size" in trained and trained["batch_size"] != batch_size:
         differences.append(f"minibatch {trained['batch_size']} (here {batch_size})")
     if not differences:
         return ""
     return "meta-trained on a different setting: " + ", ".join(differences)
+
+
+def _default_sizes(model_name):
+    from slstm.models import model_sizes
+
+    try:
+        return model_sizes(model_name)
+    except ValueError:
+        return {}
+
+
+def _format_sizes(sizes, keys):
+    return ",".join(f"{key}={sizes.get(key, '(unset)')}" for key in keys)
 
 
 def meta_horizon(learned):
