@@ -51,7 +51,7 @@ def test_cuda_without_cuda_prints_one_line(capsys):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    """An SLSTM checkpoint whose provenance says mnist_cnn with channels=4."""
+    """An SLSTM checkpoint whose provenance names mnist_cnn with channels=4."""
     from slstm.optim import LearnedOptimizerConfig, create_update_nets, save_checkpoint
 
     config = LearnedOptimizerConfig.preset("slstm", hidden_size=4)
@@ -73,7 +73,7 @@ def _train(checkpoint, *options):
     )  # fmt: skip
 
 
-def test_warns_when_checkpoint_was_trained_on_other_sizes(capsys, checkpoint):
+def test_warns_on_other_sizes(capsys, checkpoint):
     assert _train(checkpoint, "--net-sizes", "channels=6,hidden=8") == 0
     err = capsys.readouterr().err
     assert "warning" in err
@@ -87,7 +87,7 @@ def test_no_warning_when_setting_matches(capsys, checkpoint):
     assert "warning" not in capsys.readouterr().err
 
 
-def test_help_documents_joint_options_and_defaults(capsys):
+def test_help_shows_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())

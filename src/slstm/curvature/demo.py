@@ -60,12 +60,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``slstm demo``; a user error prints one line and returns 2."""
+    """Run ``slstm demo``. A user error prints one line and returns 2."""
     try:
         return _run(args)
     except (ValueError, OSError) as error:
-        # The project's errors are ValueErrors whose message names the value
-        # and the fix; a traceback would bury it.
+        # The project's errors are ValueErrors whose message names the value and
+        # the fix, so the message alone is clearer than a traceback.
         print(f"slstm demo: {error}", file=sys.stderr)
         return 2
 

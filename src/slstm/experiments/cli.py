@@ -306,9 +306,9 @@ def run(args):
         config.validate()
         run_experiment(config, progress=not args.quiet, command=command_line())
     except (ValueError, OSError) as error:
-        # The project's errors (DataError, CheckpointError,
-        # UnsupportedModelError) are ValueErrors whose message names the value
-        # and the fix; a traceback would bury it.
+        # The project's errors (DataError, CheckpointError, UnsupportedModelError)
+        # are ValueErrors whose message names the value and the fix, so the
+        # message alone is clearer than a traceback.
         print(f"slstm experiment: {error}", file=sys.stderr)
         return 2
     return 0

@@ -85,7 +85,7 @@ def network_note(provenance, model_name, model_sizes, batch_size):
         differences.append(f"network {trained['net']} (here {model_name})")
     sizes = trained.get("net_sizes")
     if isinstance(sizes, dict) and trained.get("net") == model_name:
-        # Either side may list only the sizes it changed; the network's defaults
+        # Either side may list only the sizes it changed. The network's defaults
         # fill in the rest, so {} and {"channels": 64} compare equal for mnist_cnn.
         defaults = _default_sizes(model_name)
         then = {**defaults, **sizes}

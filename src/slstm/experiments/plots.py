@@ -206,8 +206,8 @@ def _minor_label(value, _position):
 
 
 def _legend_outside(ax):
-    # Inside the axes, "best" still covers the ends of some curves, where the
-    # optimizers differ most; to the right of the axes it covers nothing.
+    # Inside the axes, even loc="best" covers the ends of some curves, where the
+    # optimizers differ most. To the right of the axes it covers no data.
     ax.legend(
         loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, fontsize="small"
     )

@@ -421,7 +421,7 @@ def _seed_sentence(seeds):
 
 
 def _mean_and_spread(mean, std, n, digits, unit=""):
-    # One value has no sample standard deviation; a "± 0" would claim one.
+    # One value has no sample standard deviation, so "± 0" would claim a spread.
     if n == 1:
         return f"{mean:.{digits}f}{unit}"
     return f"{mean:.{digits}f} ± {std:.{digits}f}{unit}"

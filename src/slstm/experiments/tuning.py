@@ -49,7 +49,7 @@ def stratified_search(objective, *, low, high, n_trials, seed):
 
     When every trial diverges, the result falls back to ``low``, the smallest
     learning rate of the range, with ``all_diverged`` set, so an experiment
-    keeps going and its records say that the rate was not tuned.
+    keeps going and its records mark the rate as untuned.
 
     Raises:
         ValueError: when the range is invalid.

@@ -158,13 +158,13 @@ def _net_sizes(text: str) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``slstm train``; a user error prints one line and returns 2."""
+    """Run ``slstm train``. A user error prints one line and returns 2."""
     try:
         return _run(args)
     except (ValueError, OSError) as error:
-        # The project's errors (DataError, CheckpointError,
-        # UnsupportedModelError, NonFiniteInputError) are ValueErrors whose
-        # message names the value and the fix; a traceback would bury it.
+        # The project's errors (DataError, CheckpointError, UnsupportedModelError,
+        # NonFiniteInputError) are ValueErrors whose message names the value and
+        # the fix, so the message alone is clearer than a traceback.
         print(f"slstm train: {error}", file=sys.stderr)
         return 2
 
