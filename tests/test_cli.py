@@ -47,3 +47,12 @@ def test_help_does_not_import_torch():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip().endswith("False")
+
+
+def test_unknown_option_reports_subcommand_usage(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["info", "--no-such-option", "3"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "usage: slstm info" in error
+    assert "--no-such-option" in error

@@ -32,19 +32,25 @@ def build_parser(argv):
     parser.add_argument("--version", action="version", version=_version())
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     chosen = next((a for a in argv if not a.startswith("-")), None)
+    commands = {}
     for name, module_name, help_text in COMMANDS:
         sub = subparsers.add_parser(name, help=help_text, description=help_text)
         sub.set_defaults(_module=module_name)
+        commands[name] = sub
         # Only the chosen command's module is imported to add its options.
         if name == chosen:
             importlib.import_module(module_name).add_arguments(sub)
-    return parser
+    return parser, commands
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(argv)
-    args = parser.parse_args(argv)
+    parser, commands = build_parser(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        # Report under the subcommand's own usage line, not the top-level one.
+        target = commands.get(args.command, parser)
+        target.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command is None:
         parser.print_help()
         return 2

@@ -308,11 +308,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
     except (ValueError, FileNotFoundError) as error:
-        raise SystemExit(f"slstm meta-train: {error}") from None
+        print(f"slstm meta-train: {error}", file=sys.stderr)
+        return 2
     try:
         result = meta_train(config, resume=args.resume, progress=args.progress)
     except (ValueError, FileNotFoundError, FileExistsError) as error:
-        raise SystemExit(f"slstm meta-train: {error}") from None
+        print(f"slstm meta-train: {error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(
             f"interrupted; continue with: slstm meta-train --out {config.out} --resume",
