@@ -238,3 +238,24 @@ def test_horizon_not_multiple_of_unroll(tiny_config):
     summary = trainer.train_episode(0)
     assert summary.inner_steps == 7
     assert trainer.counters.meta_steps == 2
+
+
+@pytest.mark.parametrize("contents", ["garbage", "shell call"])
+def test_resume_rejects_unreadable_state(tiny_config, contents):
+    result = meta_train(tiny_config(episodes=1), progress=False)
+    state_path = result.out / "state" / "latest.pt"
+    if contents == "garbage":
+        state_path.write_bytes(b"hello world\n" * 100)
+        expected = "is not a torch checkpoint: the file is neither"
+    else:
+        torch.save({"config": _CallsShellWhenUnpickled()}, state_path)
+        expected = f"rejected .*latest.pt'?: it references {os.name}.system"
+    with pytest.raises(ValueError, match=expected) as raised:
+        meta_train(tiny_config(episodes=2), resume=True, progress=False)
+    assert "drop" in str(raised.value)
+    assert "will likely succeed" not in str(raised.value)
+
+
+class _CallsShellWhenUnpickled:
+    def __reduce__(self):
+        return (os.system, ("exit 3",))

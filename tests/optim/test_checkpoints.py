@@ -1,3 +1,6 @@
+import os
+import pickle
+
 import pytest
 import torch
 from torch import nn
@@ -103,11 +106,73 @@ def test_rejects_weights_of_other_shape(tmp_path):
         load_checkpoint(path)
 
 
-def test_rejects_garbage_file(tmp_path):
+GARBAGE_FILES = {
+    # Random bytes: torch 2.13 raises IndexError or UnpicklingError on these.
+    "random": bytes(
+        torch.randint(
+            0,
+            256,
+            (5000,),
+            generator=torch.Generator().manual_seed(0),
+            dtype=torch.uint8,
+        ).tolist()
+    ).lstrip(b"\x80"),
+    # Text: torch 2.13 raises KeyError: 101 (the byte "e").
+    "text": b"hello world\n",
+    "short": b"not a zip file at all",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(GARBAGE_FILES))
+def test_rejects_garbage_file(tmp_path, kind):
     path = tmp_path / "junk.pt"
-    path.write_bytes(b"not a zip file at all")
-    with pytest.raises(CheckpointError, match="cannot read"):
+    path.write_bytes(GARBAGE_FILES[kind])
+    with pytest.raises(CheckpointError) as raised:
         load_checkpoint(path)
+    message = str(raised.value)
+    assert str(path) in message
+    assert "neither a zip archive nor a pickle" in message
+    assert "best.pt or last.pt written by `slstm meta-train`" in message
+    assert raised.value.__cause__ is not None
+
+
+def test_rejects_empty_file(tmp_path):
+    path = tmp_path / "empty.pt"
+    path.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="the file is empty. Pass a best.pt"):
+        load_checkpoint(path)
+
+
+def test_rejects_truncated_checkpoint(tmp_path):
+    config = LearnedOptimizerConfig()
+    path = save_checkpoint(tmp_path / "a.pt", create_update_nets(config), config, {})
+    path.write_bytes(path.read_bytes()[:2000])
+    with pytest.raises(CheckpointError, match="is not a torch checkpoint: the file"):
+        load_checkpoint(path)
+
+
+class CallsShellWhenUnpickled:
+    def __reduce__(self):
+        return (os.system, ("exit 3",))
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "legacy torch.save", "pickle"])
+def test_rejects_pickled_shell_call(tmp_path, writer):
+    path = tmp_path / "evil.pt"
+    payload = {"x": CallsShellWhenUnpickled()}
+    if writer == "torch.save":
+        torch.save(payload, path)
+    elif writer == "legacy torch.save":
+        torch.save(payload, path, _use_new_zipfile_serialization=False)
+    else:
+        path.write_bytes(pickle.dumps(payload, protocol=4))
+    with pytest.raises(CheckpointError) as raised:
+        load_checkpoint(path)
+    message = str(raised.value)
+    assert f"rejected {str(path)!r}: it references {os.name}.system" in message
+    # torch's own message advises re-running with weights_only=False.
+    assert "will likely succeed" not in message
+    assert "Re-running" not in message
 
 
 def test_missing_file(tmp_path):

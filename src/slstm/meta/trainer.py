@@ -724,6 +724,8 @@ class MetaTrainer:
         atomic_write_text(text, self.out / STATE_FILE.parent / "config.json")
 
     def _resume(self) -> None:
+        from slstm.optim.checkpoints import read_torch_file
+
         state_path = self.out / STATE_FILE
         state = None
         if self.context.is_main:
@@ -732,7 +734,14 @@ class MetaTrainer:
                     f"--resume found no checkpoint at {state_path}; start without "
                     "--resume, or point --out at the folder of an earlier run"
                 )
-            state = torch.load(state_path, map_location="cpu", weights_only=True)
+            state = read_torch_file(
+                state_path,
+                map_location="cpu",
+                fix=(
+                    "Restore the file from a copy, or start a new run by dropping "
+                    "--resume or pointing --out at another folder"
+                ),
+            )
             check_resumable(MetaTrainConfig.from_dict(state["config"]), self.config)
         state = self.context.broadcast_object(state)
         self.load_state_dict(_to_device(state, self.device))

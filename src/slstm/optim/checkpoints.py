@@ -18,6 +18,7 @@ import datetime
 import json
 import os
 import pickle
+import pickletools
 import re
 import subprocess
 import sys
@@ -166,6 +167,110 @@ def resolve_checkpoint(name_or_path) -> Path:
     )
 
 
+# Matches both messages of torch's weights-only unpickler (torch 2.13) for a
+# rejected global: "Unsupported global: GLOBAL builtins.print was not an allowed
+# global" for one outside the allow-list, and "Trying to load unsupported GLOBAL
+# posix.system whose module posix is blocked" for a blocked module.
+_REJECTED_GLOBAL = re.compile(r"GLOBAL ([A-Za-z_][\w.]*\w)")
+# Globals that genuine torch.save files reference; any other global in a pickle
+# that torch rejected is reported as code the file would run.
+_TORCH_GLOBAL_PREFIXES = ("torch.", "collections.OrderedDict")
+
+
+def read_torch_file(path, *, map_location=None, fix: str):
+    """Load ``path`` with ``torch.load(weights_only=True)`` or raise CheckpointError.
+
+    The error names ``path`` and what was wrong: missing, empty, not a zip or
+    pickle file, damaged, or referencing a global that only running code from the
+    file could rebuild. It ends with ``fix``, a sentence saying which file to pass
+    instead. torch's own advice to retry with ``weights_only=False`` is never
+    passed on, because that would run the code.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as error:
+        raise CheckpointError(
+            f"cannot read {str(path)!r}: {error.strerror}. {fix}"
+        ) from error
+    if size == 0:
+        raise CheckpointError(
+            f"{str(path)!r} is not a torch checkpoint: the file is empty. {fix}"
+        )
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:
+        # On garbage, torch raises IndexError, KeyError, UnpicklingError,
+        # RuntimeError and more, depending on the first bytes.
+        global_name = _rejected_global(error, path)
+        if global_name is not None:
+            raise CheckpointError(
+                f"rejected {str(path)!r}: it references {global_name}, which only "
+                f"running code from the file could rebuild, but slstm checkpoints "
+                f"hold only tensors and plain values. Do not load it with "
+                f"weights_only=False unless you trust its source. {fix}"
+            ) from error
+        reason = _describe_unreadable(path, error)
+        raise CheckpointError(
+            f"{str(path)!r} is not a torch checkpoint: {reason}. {fix}"
+        ) from error
+
+
+def _rejected_global(error: Exception, path: Path) -> str | None:
+    """Return the global that made torch reject ``path``, or None if none did."""
+    if not isinstance(error, pickle.UnpicklingError):
+        return None
+    found = _REJECTED_GLOBAL.search(str(error))
+    if found is not None:
+        return found.group(1)
+    # torch's unpickler stops at opcodes it does not know (the FRAME of pickle
+    # protocol 4, for one) before it reaches the global, so scan the plain pickle
+    # without running it.
+    if zipfile.is_zipfile(path):
+        return None
+    try:
+        data = path.read_bytes()
+        strings = []
+        for opcode, argument, _ in pickletools.genops(data):
+            name = None
+            if opcode.name == "GLOBAL":
+                name = argument.replace(" ", ".")
+            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                name = f"{strings[-2]}.{strings[-1]}"
+            elif isinstance(argument, str):
+                strings.append(argument)
+            if name is not None and not name.startswith(_TORCH_GLOBAL_PREFIXES):
+                return name
+            if opcode.name == "STOP":
+                return None
+    except Exception:
+        # pickletools raises ValueError and others on bytes that are not a pickle.
+        return None
+    return None
+
+
+def _describe_unreadable(path: Path, error: Exception) -> str:
+    """Say why torch could not read the non-empty file ``path``."""
+    with path.open("rb") as file:
+        head = file.read(2)
+    # torch.save writes a zip archive, or a pickle starting with the PROTO opcode
+    # (0x80) in the legacy format.
+    if not zipfile.is_zipfile(path) and not head.startswith(b"\x80"):
+        return (
+            "the file is neither a zip archive nor a pickle, the formats "
+            "torch.save writes"
+        )
+    if isinstance(error, pickle.UnpicklingError):
+        # torch's message here advises weights_only=False, so it is left out.
+        return (
+            "the file is a damaged pickle or holds objects that torch's "
+            "weights-only loader does not read"
+        )
+    lines = str(error).splitlines()
+    detail = f": {lines[0][:200]}" if lines else ""
+    return f"the file is damaged ({type(error).__name__}{detail})"
+
+
 def load_checkpoint(name_or_path, map_location=None) -> Checkpoint:
     """Read a checkpoint by shipped name or path.
 
@@ -176,26 +281,14 @@ def load_checkpoint(name_or_path, map_location=None) -> Checkpoint:
     configuration.
     """
     path = resolve_checkpoint(name_or_path)
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
-        # torch's message suggests allow-listing the global; name only the global.
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
-        if found is None:
-            raise CheckpointError(
-                f"cannot read {str(path)!r} as a torch checkpoint: the file is "
-                f"damaged or of another kind"
-            ) from error
-        raise CheckpointError(
-            f"rejected {str(path)!r}: it references {found.group(1)}, which only "
-            f"running code from the file could rebuild, but slstm checkpoints hold "
-            f"only tensors and plain values. Do not load it with weights_only=False "
-            f"unless you trust its source"
-        ) from error
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
-        raise CheckpointError(
-            f"cannot read {str(path)!r} as a torch checkpoint: {error}"
-        ) from error
+    payload = read_torch_file(
+        path,
+        map_location=map_location,
+        fix=(
+            "Pass a best.pt or last.pt written by `slstm meta-train`, or the name "
+            f"of a shipped checkpoint ({', '.join(shipped_checkpoints()) or 'none'})"
+        ),
+    )
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(
             f"{str(path)!r} is not a learned-optimizer checkpoint (expected "

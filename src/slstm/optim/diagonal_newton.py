@@ -30,18 +30,19 @@ class DiagonalNewton(torch.optim.Optimizer):
         check_inputs: raise ``NonFiniteInputError`` on NaN or inf gradients or
             curvature instead of writing NaN into the parameters.
 
-    The defaults ``lr=1e-3`` and ``eps=1e-4`` were the best of a 3 x 3 grid (lr
-    1e-3 to 1e-2, eps 1e-5 to 1e-3) for 40 steps of the MNIST CNN on
-    Fashion-MNIST at batch 64. The curvature was the Becker-LeCun diagonal of the
-    batch-mean cross-entropy, whose conv-layer entries there are mostly 2e-7 to
-    1e-5. Larger steps diverged. Retune both for other losses or scales.
+    Defaults, measured with ``mnist_cnn`` (channels 16 and 64) on Fashion-MNIST,
+    batch 64, 100 steps, seeds 0 to 2, one CPU thread. With ``eps=3e-3`` the mean
+    loss of the last 10 steps fell from 2.3 to 0.78-1.07 (peak 3.0). With
+    ``eps=1e-3`` it peaked at 5.0, and with ``eps=1e-4`` at 5.6 within 30 steps.
+    Where ``|h|`` is small, ``lr / eps`` acts as an SGD step, so retune ``eps``
+    with ``lr``.
     """
 
     def __init__(
         self,
         params,
         lr: float = 1e-3,
-        eps: float = 1e-4,
+        eps: float = 3e-3,
         damping: str = "abs",
         *,
         check_inputs: bool = True,
