@@ -661,6 +661,7 @@ class MetaTrainer:
 
         return {
             "created_by": "slstm meta-train",
+            "dataset": self.config.data,
             "slstm_version": __version__,
             "torch_version": torch.__version__,
             "created": datetime.datetime.now(datetime.UTC).isoformat(
