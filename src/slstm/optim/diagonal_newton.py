@@ -30,7 +30,8 @@ class DiagonalNewton(torch.optim.Optimizer):
         check_inputs: raise ``NonFiniteInputError`` on NaN or inf gradients or
             curvature instead of writing NaN into the parameters.
 
-    Defaults, measured with ``mnist_cnn`` (channels 16 and 64) on Fashion-MNIST,
+    Defaults, measured by ``bench/diagonal_newton_defaults.py`` with ``mnist_cnn``
+    (channels 16 and 64) on Fashion-MNIST,
     batch 64, 100 steps, seeds 0 to 2, one CPU thread. With ``eps=3e-3`` the mean
     loss of the last 10 steps fell from 2.3 to 0.78-1.07 (peak 3.0). With
     ``eps=1e-3`` it peaked at 5.0, and with ``eps=1e-4`` at 5.6 within 30 steps.
