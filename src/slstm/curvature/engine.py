@@ -85,23 +85,18 @@ def backward(
     """
     _check_method(method, samples)
     named = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    if method in ONE_PASS_METHODS:
-        loss, output, grads, diagonals = _one_pass(
-            model, None, loss_fn, inputs, targets, method, generator, set(named)
-        )
-    else:
-        loss, output, grads, diagonals = _autograd_pass(
-            model,
-            named,
-            False,
-            loss_fn,
-            inputs,
-            targets,
-            method,
-            samples,
-            generator,
-            max_exact_parameters,
-        )
+    loss, output, grads, diagonals = _run_method(
+        model,
+        named,
+        False,
+        loss_fn,
+        inputs,
+        targets,
+        method,
+        samples,
+        generator,
+        max_exact_parameters,
+    )
     with torch.no_grad():
         for name, p in named.items():
             if p.grad is None:
@@ -144,23 +139,18 @@ def functional_backward(
             f"params has names that are not parameters of the model: {unknown}; "
             f"use names from model.named_parameters(), e.g. {sorted(known)[:4]}"
         )
-    if method in ONE_PASS_METHODS:
-        loss, output, grads, diagonals = _one_pass(
-            model, params, loss_fn, inputs, targets, method, generator, set(params)
-        )
-    else:
-        loss, output, grads, diagonals = _autograd_pass(
-            model,
-            params,
-            True,
-            loss_fn,
-            inputs,
-            targets,
-            method,
-            samples,
-            generator,
-            max_exact_parameters,
-        )
+    loss, output, grads, diagonals = _run_method(
+        model,
+        params,
+        True,
+        loss_fn,
+        inputs,
+        targets,
+        method,
+        samples,
+        generator,
+        max_exact_parameters,
+    )
     return CurvatureResult(loss, output, grads, diagonals)
 
 
@@ -169,6 +159,49 @@ def _check_method(method: str, samples: int) -> None:
         raise ValueError(f"method={method!r} is invalid; use one of {METHODS}")
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise ValueError(f"samples={samples!r} must be a positive integer")
+
+
+def _run_method(
+    model: nn.Module,
+    params: dict[str, Tensor],
+    functional: bool,
+    loss_fn: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    method: str,
+    samples: int,
+    generator: torch.Generator | None,
+    max_exact_parameters: int,
+) -> tuple[Tensor, Tensor, dict[str, Tensor], dict[str, Tensor]]:
+    """Dispatch to the one-pass rules or to autograd, by ``method``.
+
+    ``functional`` True means ``params`` replace the model's own parameters and
+    the returned loss keeps its graph to them.
+    """
+    if method in ONE_PASS_METHODS:
+        forward_params = params if functional else None
+        return _one_pass(
+            model,
+            forward_params,
+            loss_fn,
+            inputs,
+            targets,
+            method,
+            generator,
+            set(params),
+        )
+    return _autograd_pass(
+        model,
+        params,
+        functional,
+        loss_fn,
+        inputs,
+        targets,
+        method,
+        samples,
+        generator,
+        max_exact_parameters,
+    )
 
 
 def _one_pass(
