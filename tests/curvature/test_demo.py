@@ -55,5 +55,6 @@ def test_demo_user_error_prints_one_line(capsys):
     status = main(["demo", "--data", "digits", "--batch-size", "0"])
     err = capsys.readouterr().err.strip()
     assert status == 2
-    assert err.startswith("slstm demo: ") and "\n" not in err
+    assert err.startswith("slstm demo: ")
+    assert "\n" not in err
     assert "batch_size" in err

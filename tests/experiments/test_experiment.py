@@ -368,7 +368,8 @@ def test_cli_existing_run_prints_one_line(experiment, capsys):
     status = main(["experiment", "fashion-mnist", "--out", str(experiment.out_dir)])
     err = capsys.readouterr().err.strip()
     assert status == 2
-    assert err.startswith("slstm experiment: ") and "\n" not in err
+    assert err.startswith("slstm experiment: ")
+    assert "\n" not in err
     assert "--out" in err
 
 

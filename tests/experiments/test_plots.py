@@ -91,6 +91,7 @@ def test_test_error_legend_covers_no_data(record):
         axes = ax.get_window_extent()
         # The legend lies entirely outside the data area, so no curve is hidden.
         assert not legend.overlaps(axes)
-        assert 0 <= legend.x0 and legend.x1 <= fig.bbox.width
+        assert legend.x0 >= 0
+        assert legend.x1 <= fig.bbox.width
     finally:
         plt.close(fig)

@@ -1,4 +1,4 @@
-"""Summary statistics and tables, on synthetic curves with known answers."""
+"""Summary statistics and tables, on synthetic curves with known results."""
 
 import math
 

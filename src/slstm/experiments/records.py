@@ -261,7 +261,7 @@ def write_curves_csv(runs, path):
 def compare_with_csv(record, path):
     """Return the differences between ``record``'s runs and the CSV at ``path``.
 
-    An empty list means the CSV holds exactly the curves of the record.
+    An empty list means the CSV contains exactly the curves of the record.
     """
     with open(path, encoding="utf-8", newline="") as handle:
         reader = csv.reader(handle)
