@@ -259,3 +259,61 @@ def test_resume_rejects_unreadable_state(tiny_config, contents):
 class _CallsShellWhenUnpickled:
     def __reduce__(self):
         return (os.system, ("exit 3",))
+
+
+def test_init_starts_from_checkpoint_weights(tmp_path, tiny_config):
+    first = tiny_config(episodes=1, out=str(tmp_path / "first"), output_scale=0.2)
+    meta_train(first, progress=False)
+    saved = _weights(tmp_path / "first" / "last.pt")
+    # A new run with --init (and another seed, so a fresh start would differ)
+    # begins from those weights; only its output scale may change.
+    config = tiny_config(
+        out=str(tmp_path / "second"),
+        init=str(tmp_path / "first" / "last.pt"),
+        output_scale=0.3,
+        seed=1,
+    )
+    trainer = MetaTrainer(config, progress=False)
+    started = {
+        f"{kind}.{name}": value
+        for kind, net in trainer.nets.items()
+        for name, value in net.state_dict().items()
+    }
+    _assert_same_weights(saved, started)
+    assert trainer.nets["conv"].output_scale == 0.3
+
+
+def test_init_rejects_other_architecture(tmp_path, tiny_config):
+    meta_train(tiny_config(episodes=1, out=str(tmp_path / "first")), progress=False)
+    config = tiny_config(
+        out=str(tmp_path / "second"),
+        init=str(tmp_path / "first" / "last.pt"),
+        hidden_size=8,
+    )
+    with pytest.raises(ValueError, match="hidden_size is 20 but this run's is 8"):
+        MetaTrainer(config, progress=False)
+    lstm = tiny_config(
+        out=str(tmp_path / "third"),
+        init=str(tmp_path / "first" / "last.pt"),
+        optimizer="lstm",
+    )
+    with pytest.raises(ValueError, match="its inputs is"):
+        MetaTrainer(lstm, progress=False)
+
+
+def test_cli_init_takes_unset_options_from_checkpoint(tmp_path):
+    first = tmp_path / "first"
+    code = main(["meta-train", *TINY_ARGS, "--optimizer", "lstm", "--episodes",
+                 "1", "--output-scale", "0.05", "--validate-every", "0",
+                 "--out", str(first)])  # fmt: skip
+    assert code == 0
+    second = tmp_path / "second"
+    code = main(["meta-train", *TINY_ARGS, "--episodes", "1", "--validate-every",
+                 "0", "--init", str(first / "last.pt"), "--out", str(second)])  # fmt: skip
+    assert code == 0
+    config = MetaTrainConfig.load(second / "config.json")
+    assert config.optimizer == "lstm"
+    assert config.output_scale == 0.05
+    assert config.init == str(first / "last.pt")
+    provenance = load_checkpoint(second / "last.pt").provenance
+    assert provenance["meta_train_config"]["init"] == str(first / "last.pt")

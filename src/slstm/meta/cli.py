@@ -143,6 +143,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"update = output_scale * LSTM output (default: {defaults.output_scale})",
     )
     learned.add_argument(
+        "--init",
+        metavar="CHECKPOINT",
+        help="start the update networks from this optimizer checkpoint (a file "
+        "or a shipped name) instead of a fresh initialisation; the options of "
+        "this group that are not given are taken from it",
+    )
+    learned.add_argument(
         "--hidden-size",
         type=int,
         metavar="N",
@@ -296,7 +303,24 @@ def config_from_args(args: argparse.Namespace) -> MetaTrainConfig:
         return MetaTrainConfig.from_dict({**saved, **given})
     if "validation" not in given:
         given["validation"] = MetaTrainConfig.validation
+    if given.get("init"):
+        given = {**init_options(given["init"]), **given}
     return MetaTrainConfig.from_dict(given)
+
+
+def init_options(checkpoint: str) -> dict:
+    """Return the learned-optimizer options of the checkpoint ``--init`` names."""
+    from slstm.optim import load_checkpoint
+
+    config = load_checkpoint(checkpoint).config
+    return {
+        "optimizer": "slstm" if "hessian" in config.inputs else "lstm",
+        "hidden_size": config.hidden_size,
+        "num_layers": config.num_layers,
+        "preprocess_p": config.preprocess_p,
+        "output_scale": config.output_scale,
+        "curvature_method": config.curvature_method,
+    }
 
 
 def run(args: argparse.Namespace) -> int:

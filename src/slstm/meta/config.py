@@ -59,6 +59,9 @@ class MetaTrainConfig:
         output_scale, hidden_size, num_layers, preprocess_p: the learned
             optimizer's architecture (see
             :class:`slstm.optim.LearnedOptimizerConfig`).
+        init: an optimizer checkpoint (path or shipped name) whose weights the
+            update networks start from instead of a fresh initialisation; its
+            inputs and architecture must match. None starts fresh.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         search: number of random-search trials for ``meta_lr`` (0: no search).
         search_low, search_high: the log-uniform interval of the search.
@@ -97,6 +100,7 @@ class MetaTrainConfig:
     hidden_size: int = 20
     num_layers: int = 2
     preprocess_p: float = 10.0
+    init: str | None = None
     device: str = "auto"
     search: int = 0
     search_low: float = 1e-4

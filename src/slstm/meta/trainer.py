@@ -197,6 +197,8 @@ class MetaTrainer:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             self.nets = create_update_nets(self.optimizer_config).to(self.device)
+        if config.init:
+            load_initial_weights(self.nets, self.optimizer_config, config.init)
         self.meta_params = [p for p in self.nets.parameters() if p.requires_grad]
         self.meta_optimizer = torch.optim.Adam(self.meta_params, lr=config.meta_lr)
         self.counters = Counters()
@@ -850,6 +852,34 @@ def learned_optimizer_config(config: MetaTrainConfig):
         output_scale=config.output_scale,
         curvature_method=config.curvature_method,
     )
+
+
+# Fields that must agree between a run and the checkpoint it starts from; the
+# output scale and the curvature method may differ (a new scale multiplies the
+# learned step, a new method feeds another estimate of the same quantity).
+_INIT_FIELDS = ("inputs", "hidden_size", "num_layers", "preprocess_p", "kinds")
+
+
+def load_initial_weights(nets, optimizer_config, checkpoint: str) -> None:
+    """Copy the update-network weights of ``checkpoint`` into ``nets``.
+
+    Raises ValueError naming the first architecture field on which the run and
+    the checkpoint disagree.
+    """
+    from slstm.optim import load_checkpoint
+
+    loaded = load_checkpoint(checkpoint)
+    for name in _INIT_FIELDS:
+        ours, theirs = getattr(optimizer_config, name), getattr(loaded.config, name)
+        if ours != theirs:
+            raise ValueError(
+                f"cannot start from {str(loaded.path)!r}: its {name} is {theirs!r} "
+                f"but this run's is {ours!r}; drop the option that sets {name} so "
+                "the checkpoint's value is used, or start without --init"
+            )
+    with torch.no_grad():
+        for kind in optimizer_config.kinds:
+            nets[kind].load_state_dict(loaded.nets[kind].state_dict())
 
 
 def load_task_data(config: MetaTrainConfig, device: torch.device) -> TaskData:
