@@ -309,7 +309,8 @@ def test_cli_init_takes_unset_options_from_checkpoint(tmp_path):
     assert code == 0
     second = tmp_path / "second"
     code = main(["meta-train", *TINY_ARGS, "--episodes", "1", "--validate-every",
-                 "0", "--init", str(first / "last.pt"), "--out", str(second)])  # fmt: skip
+                 "0", "--init", str(first / "last.pt"),
+                 "--out", str(second)])  # fmt: skip
     assert code == 0
     config = MetaTrainConfig.load(second / "config.json")
     assert config.optimizer == "lstm"
