@@ -3,7 +3,13 @@ import math
 import pytest
 import torch
 
-from slstm.optim import LearnedOptimizerConfig, build_features, num_features, preprocess
+from slstm.optim import (
+    LearnedOptimizerConfig,
+    build_features,
+    build_features_into,
+    num_features,
+    preprocess,
+)
 
 P = 10.0
 
@@ -118,3 +124,38 @@ def test_build_features_shape_mismatch():
     config = LearnedOptimizerConfig.preset("slstm")
     with pytest.raises(ValueError, match="must match"):
         build_features(torch.randn(3), torch.randn(4), config)
+
+
+def _edge_values(dtype):
+    threshold = torch.tensor(math.exp(-P), dtype=dtype)
+    below = torch.nextafter(threshold, torch.zeros((), dtype=dtype))
+    smallest = torch.finfo(dtype).smallest_normal
+    edges = [0.0, threshold.item(), below.item(), 1e-12, 1e3, smallest / 4, 1.0]
+    values = torch.tensor(edges + [-v for v in edges], dtype=dtype)
+    return torch.cat(
+        (
+            values,
+            torch.randn(500, dtype=dtype)
+            * 10.0 ** torch.randint(-8, 3, (500,), dtype=dtype),
+        )
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("preset", ["lstm", "slstm"])
+def test_build_features_into_matches_build_features_bitwise(dtype, preset):
+    config = LearnedOptimizerConfig.preset(preset, preprocess_p=P)
+    grad = _edge_values(dtype)
+    hessian = grad.flip(0) * 3.0
+    expected = build_features(grad, hessian, config)
+    out = torch.full((num_features(config), grad.numel()), float("nan"), dtype=dtype)
+    result = build_features_into(out, grad, hessian, config)
+    assert result is out
+    assert torch.equal(out.t(), expected)
+
+
+def test_build_features_into_checks_like_build_features():
+    config = LearnedOptimizerConfig.preset("slstm")
+    out = torch.empty(4, 3)
+    with pytest.raises(ValueError, match="diagonal Hessian"):
+        build_features_into(out, torch.ones(3), None, config)

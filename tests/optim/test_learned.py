@@ -276,6 +276,11 @@ def test_step_agrees_with_functional_update(preset):
             params, state = learned_update(
                 nets, config, params, grads, hessians, kinds, state
             )
+            # Weights changed between steps (as in joint meta-training) must
+            # reach the next step: nothing may cache the old ones.
+            for net in nets.values():
+                net.lstm.weight_hh_l0.add_(0.05)
+                net.lstm.bias_ih_l1.mul_(1.1)
     for p, expected in zip(model.parameters(), params, strict=True):
         torch.testing.assert_close(p.detach(), expected, rtol=0, atol=0)
     for p, (hidden, cell) in zip(model.parameters(), state, strict=True):

@@ -27,6 +27,7 @@ from slstm.optim.diagonal_newton import DAMPINGS, DiagonalNewton
 from slstm.optim.features import (
     FEATURE_INPUTS,
     build_features,
+    build_features_into,
     num_features,
     preprocess,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "NonFiniteInputError",
     "UpdateNet",
     "build_features",
+    "build_features_into",
     "compute_update",
     "create_update_nets",
     "detach_state",

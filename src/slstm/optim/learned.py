@@ -13,9 +13,9 @@ from torch import nn
 
 from slstm.optim.checks import MISSING_HESSIAN_HINT, check_finite, step_inputs
 from slstm.optim.config import LearnedOptimizerConfig
-from slstm.optim.features import build_features
+from slstm.optim.features import build_features, build_features_into, num_features
 from slstm.optim.kinds import infer_kinds_from_shapes, param_groups_by_kind
-from slstm.optim.update_net import LSTMState, UpdateNet
+from slstm.optim.update_net import LSTMState, UpdateNet, workspace_buffer
 
 
 def create_update_nets(config: LearnedOptimizerConfig) -> nn.ModuleDict:
@@ -98,10 +98,20 @@ def compute_update(
             f"{name} is on {grad.device} but its update network is on "
             f"{weight.device}; move the networks with nets.to({str(grad.device)!r})"
         )
-    features = build_features(grad, hessian_diag, config).to(weight.dtype)
     if workspace is None:
+        features = build_features(grad, hessian_diag, config).to(weight.dtype)
         update, new_state = net(features, state)
     else:
+        if grad.dtype == weight.dtype:
+            rows = num_features(config)
+            features = workspace_buffer(
+                workspace, "features", rows * grad.numel(), weight
+            )
+            features = build_features_into(
+                features.view(rows, -1), grad, hessian_diag, config
+            ).t()
+        else:
+            features = build_features(grad, hessian_diag, config).to(weight.dtype)
         update, new_state = net.forward_in_place(features, state, workspace), state
     return update.view_as(grad).to(grad.dtype), new_state
 
@@ -297,6 +307,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         entries = step_inputs(self.param_groups, hessian=self.config.needs_curvature)
+        # The networks' weights are fixed during a step, so each layer's fused
+        # weight is built once here rather than once per block of coordinates.
+        self._workspace["fused_weights"] = {}
         for group, p, name, hessian_diag in entries:
             net = self.nets[group["kind"]]
             state = self.state[p]

@@ -125,20 +125,35 @@ class CoordinatewiseLSTM(nn.Module):
         reusable buffers kept in ``workspace`` (a dict the caller keeps between
         calls). Each layer reads its old hidden and cell state before writing the
         new ones. Returns the top layer's new hidden state, a view of ``state``.
+
+        A ``"fused_weights"`` dict in ``workspace`` keeps each layer's
+        ``fused_weight`` between calls; a caller that puts one there must
+        replace it whenever the weights change (``LearnedOptimizer.step`` does
+        so once per step, and then runs many blocks of coordinates).
         """
         hidden, cell = state
         size = self.hidden_size
         n = inputs.shape[1]
         workspace = {} if workspace is None else workspace
         layer_input = inputs
+        cache = workspace.get("fused_weights")
         for layer in range(self.num_layers):
-            weight = self.fused_weight(layer)
+            if cache is None:
+                weight = self.fused_weight(layer)
+            else:
+                weight = cache.get((id(self), layer))
+                if weight is None:
+                    weight = cache[(id(self), layer)] = self.fused_weight(layer)
             rows = weight.shape[1]
-            stacked = _buffer(workspace, "stacked", rows * n, inputs).view(rows, n)
+            stacked = workspace_buffer(workspace, "stacked", rows * n, inputs).view(
+                rows, n
+            )
             stacked[: rows - size - 1] = layer_input
             stacked[rows - size - 1 : rows - 1] = hidden[layer]
             stacked[rows - 1] = 1.0
-            gates = _buffer(workspace, "gates", 4 * size * n, inputs).view(4 * size, n)
+            gates = workspace_buffer(workspace, "gates", 4 * size * n, inputs).view(
+                4 * size, n
+            )
             torch.mm(weight, stacked, out=gates)
             gates.sigmoid_()
             input_gate = gates[:size]
@@ -152,7 +167,7 @@ class CoordinatewiseLSTM(nn.Module):
         return layer_input
 
 
-def _buffer(workspace: dict, name: str, numel: int, like: torch.Tensor):
+def workspace_buffer(workspace: dict, name: str, numel: int, like: torch.Tensor):
     """Return the first ``numel`` elements of a reusable flat buffer."""
     buffer = workspace.get(name)
     if (
