@@ -318,3 +318,24 @@ def test_cli_init_takes_unset_options_from_checkpoint(tmp_path):
     assert config.init == str(first / "last.pt")
     provenance = load_checkpoint(second / "last.pt").provenance
     assert provenance["meta_train_config"]["init"] == str(first / "last.pt")
+
+
+def test_init_validates_starting_weights(tmp_path, tiny_config):
+    meta_train(tiny_config(episodes=1, out=str(tmp_path / "first")), progress=False)
+    config = tiny_config(
+        episodes=2,
+        validate_every=1,
+        out=str(tmp_path / "second"),
+        init=str(tmp_path / "first" / "last.pt"),
+    )
+    meta_train(config, progress=False)
+    rows = read_metrics(tmp_path / "second" / "metrics.csv")
+    validated = [int(r["episode"]) for r in rows if r["kind"] == "validation"]
+    assert validated == [0, 1, 2]
+    best = min(
+        (float(r["validation_loss"]), int(r["episode"]))
+        for r in rows
+        if r["kind"] == "validation"
+    )
+    provenance = load_checkpoint(tmp_path / "second" / "best.pt").provenance
+    assert provenance["best_episode"] == best[1]

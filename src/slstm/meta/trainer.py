@@ -426,6 +426,11 @@ class MetaTrainer:
         bar = self._progress_bar(start_episode)
         previous_handler = _install_sigterm_handler()
         try:
+            if config.init and config.validate_every and self.validated_episode < 0:
+                # Score the weights the run starts from, so that best.pt is
+                # never worse on validation than the --init checkpoint.
+                self._run_validation(bar)
+                boundary = self._snapshot()
             for episode in range(start_episode, config.episodes):
                 summary = self._summarise(self.train_episode(episode))
                 self.counters.episode = episode + 1
