@@ -318,6 +318,12 @@ def test_cli_init_takes_unset_options_from_checkpoint(tmp_path):
     assert config.init == str(first / "last.pt")
     provenance = load_checkpoint(second / "last.pt").provenance
     assert provenance["meta_train_config"]["init"] == str(first / "last.pt")
+    # The lineage: the starting checkpoint's own provenance travels along.
+    first_provenance = load_checkpoint(first / "last.pt").provenance
+    assert provenance["init"]["path"] == str(first / "last.pt")
+    assert provenance["init"]["config"]["output_scale"] == 0.05
+    assert provenance["init"]["provenance"] == first_provenance
+    assert first_provenance["init"] is None
 
 
 def test_init_validates_starting_weights(tmp_path, tiny_config):

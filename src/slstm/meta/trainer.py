@@ -197,8 +197,16 @@ class MetaTrainer:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             self.nets = create_update_nets(self.optimizer_config).to(self.device)
+        # The provenance of the --init checkpoint, kept in every file this run
+        # writes so that a chain of continued runs can be traced to its start.
+        self.init_provenance: dict | None = None
         if config.init:
-            load_initial_weights(self.nets, self.optimizer_config, config.init)
+            loaded = load_initial_weights(self.nets, self.optimizer_config, config.init)
+            self.init_provenance = {
+                "path": str(loaded.path),
+                "config": loaded.config.to_dict(),
+                "provenance": loaded.provenance,
+            }
         self.meta_params = [p for p in self.nets.parameters() if p.requires_grad]
         self.meta_optimizer = torch.optim.Adam(self.meta_params, lr=config.meta_lr)
         self.counters = Counters()
@@ -687,6 +695,7 @@ class MetaTrainer:
                 self.best_validation_loss if self.best_episode is not None else None
             ),
             "best_episode": self.best_episode,
+            "init": self.init_provenance,
         }
 
     def _snapshot(self) -> dict:
@@ -865,11 +874,11 @@ def learned_optimizer_config(config: MetaTrainConfig):
 _INIT_FIELDS = ("inputs", "hidden_size", "num_layers", "preprocess_p", "kinds")
 
 
-def load_initial_weights(nets, optimizer_config, checkpoint: str) -> None:
+def load_initial_weights(nets, optimizer_config, checkpoint: str):
     """Copy the update-network weights of ``checkpoint`` into ``nets``.
 
-    Raises ValueError naming the first architecture field on which the run and
-    the checkpoint disagree.
+    Returns the loaded :class:`slstm.optim.Checkpoint`. Raises ValueError naming
+    the first architecture field on which the run and the checkpoint disagree.
     """
     from slstm.optim import load_checkpoint
 
@@ -885,6 +894,7 @@ def load_initial_weights(nets, optimizer_config, checkpoint: str) -> None:
     with torch.no_grad():
         for kind in optimizer_config.kinds:
             nets[kind].load_state_dict(loaded.nets[kind].state_dict())
+    return loaded
 
 
 def load_task_data(config: MetaTrainConfig, device: torch.device) -> TaskData:
