@@ -123,6 +123,8 @@ def test_output_files_exist(experiment):
     assert config["scale"] == "small"
     assert config["eval_every"] == 2
     assert config["study_seeds"] == 1
+    # The horizon study defaults to every seed of the comparison.
+    assert config["horizon_seeds"] == 2
     assert config["model_sizes"] == {"channels": 3, "hidden": 8}
     assert "no CUDA" in config["scale_reason"] or "requested" in config["scale_reason"]
 
@@ -442,3 +444,10 @@ def test_transfer_preset_five_classes(data_dir, tmp_path):
         "network small_cnn (here mnist_cnn)"
         in result.record.checkpoints["lstm"]["note"]
     )
+
+
+def test_studies_use_their_own_seeds(experiment):
+    record = experiment.record
+    assert {run.seed for run in record.runs_of("lr-sensitivity")} == {0}
+    assert {run.seed for run in record.runs_of("horizon")} == {0, 1}
+    assert record.setup["horizon"]["seeds"] == [0, 1]

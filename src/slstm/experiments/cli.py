@@ -228,8 +228,16 @@ def add_arguments(parser):
         type=int,
         default=None,
         metavar="N",
-        help="seeds of each study, the first N of the comparison's (default: 2 at "
-        "small scale, 3 at full)",
+        help="seeds of the learning-rate sensitivity study, the first N of the "
+        "comparison's (default: 2 at small scale, 3 at full)",
+    )
+    studies.add_argument(
+        "--horizon-seeds",
+        type=int,
+        default=None,
+        metavar="N",
+        help="seeds of the horizon study, the first N of the comparison's "
+        "(default: all of them)",
     )
     studies.add_argument(
         "--lr-multipliers",
@@ -286,6 +294,7 @@ def config_from_args(args):
         curvature_method=args.curvature_method,
         studies=tuple(args.studies),
         study_seeds=args.study_seeds,
+        horizon_seeds=args.horizon_seeds,
         lr_multipliers=tuple(args.lr_multipliers),
         horizon_factor=args.horizon_factor,
         image_size=args.image_size,

@@ -52,7 +52,7 @@ class ScaleSettings:
         validation_size: images held out of the training split to tune the
             baselines' learning rates.
         tune_trials: random-search trials per baseline.
-        study_seeds: seeds of each extra study (learning-rate sensitivity, horizon).
+        study_seeds: seeds of the learning-rate sensitivity study.
         eval_every: steps between evaluations.
         threads: torch CPU threads, or None for torch's default.
     """

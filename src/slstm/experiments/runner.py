@@ -89,8 +89,11 @@ class ExperimentConfig:
             ``LR_SEARCH_RANGES`` for that baseline.
         curvature_method: diagonal Hessian of DiagonalNewton.
         studies: extra studies to run, from ``STUDIES``.
-        study_seeds: seeds of the extra studies (None: the scale's), the first
-            ones of the main seeds.
+        study_seeds: seeds of the learning-rate sensitivity study (None: the
+            scale's), the first ones of the main seeds.
+        horizon_seeds: seeds of the horizon study, the first ones of the main
+            seeds (None: all of them, because "no long run diverges" is a claim
+            about every seed).
         lr_multipliers: factors of the learning-rate sensitivity study.
         horizon_factor: the horizon study runs this many times the
             meta-training horizon.
@@ -129,6 +132,7 @@ class ExperimentConfig:
     curvature_method: str = "becker-lecun"
     studies: tuple = STUDIES
     study_seeds: int | None = None
+    horizon_seeds: int | None = None
     lr_multipliers: tuple = DEFAULT_LR_MULTIPLIERS
     horizon_factor: int = 10
     model_sizes: dict | None = None
@@ -157,6 +161,7 @@ class ExperimentConfig:
             "eval_every",
             "threads",
             "study_seeds",
+            "horizon_seeds",
             "validation_size",
             "train_eval_size",
         ):
@@ -275,6 +280,7 @@ def _run(config, preset, device, scale_reason, progress, command, log):
     batch_size = config.batch_size
     seeds = list(range(config.first_seed, config.first_seed + config.seeds))
     study_seeds = seeds[: config.study_seeds]
+    horizon_seeds = seeds[: config.horizon_seeds]
 
     out_dir = _output_dir(config.out, preset.name, scale)
     records.write_config(_config_dict(config, scale_reason, device), out_dir)
@@ -403,7 +409,7 @@ def _run(config, preset, device, scale_reason, progress, command, log):
             phase = time.perf_counter()
             trained_horizon, source = meta_horizon(learned)
             setup["horizon"] = {
-                "seeds": study_seeds,
+                "seeds": horizon_seeds,
                 "factor": config.horizon_factor,
                 "meta_horizon": trained_horizon,
                 "meta_horizon_source": source,
@@ -448,6 +454,7 @@ def resolve_config(config, preset, scale):
             settings.tune_trials if config.tune_trials is None else config.tune_trials
         ),
         study_seeds=min(config.study_seeds or settings.study_seeds, config.seeds),
+        horizon_seeds=min(config.horizon_seeds or config.seeds, config.seeds),
         model_sizes={**settings.model_sizes, **(config.model_sizes or {})},
         validation_size=config.validation_size or settings.validation_size,
         train_eval_size=config.train_eval_size or settings.train_eval_size,
