@@ -72,3 +72,27 @@ def test_meta_train_search_picks_meta_lr(tmp_path):
     chosen = json.loads((out / "config.json").read_text())["meta_lr"]
     best = min(record["trials"], key=lambda trial: trial["validation_loss"])
     assert chosen == record["best_meta_lr"] == best["meta_lr"]
+
+
+def test_search_with_init_scores_final_networks(tmp_path):
+    first = tmp_path / "first"
+    code = main(["meta-train", *TINY_ARGS, "--episodes", "1", "--validate-every",
+                 "0", "--out", str(first)])  # fmt: skip
+    assert code == 0
+    out = tmp_path / "run"
+    code = main(["meta-train", *TINY_ARGS, "--episodes", "1", "--search", "2",
+                 "--search-episodes", "2", "--init", str(first / "last.pt"),
+                 "--out", str(out)])  # fmt: skip
+    assert code == 0
+    record = json.loads((out / "search.json").read_text())
+    # Every trial validates the shared starting weights first; a trial's score
+    # must be its own final validation, not that shared starting value.
+    for trial in record["trials"]:
+        trial_dir = next((out / "search").glob(f"lr-{trial['meta_lr']:.4e}"))
+        rows = [
+            line.split(",")
+            for line in (trial_dir / "metrics.csv").read_text().splitlines()[1:]
+            if line.startswith("validation")
+        ]
+        assert [int(row[1]) for row in rows] == [0, 2]
+        assert trial["validation_loss"] == pytest.approx(float(rows[-1][9]))

@@ -274,6 +274,7 @@ def test_init_starts_from_checkpoint_weights(tmp_path, tiny_config):
         seed=1,
     )
     trainer = MetaTrainer(config, progress=False)
+    trainer.start_from_init()
     started = {
         f"{kind}.{name}": value
         for kind, net in trainer.nets.items()
@@ -291,14 +292,48 @@ def test_init_rejects_other_architecture(tmp_path, tiny_config):
         hidden_size=8,
     )
     with pytest.raises(ValueError, match="hidden_size is 20 but this run's is 8"):
-        MetaTrainer(config, progress=False)
+        meta_train(config, progress=False)
+    assert not (tmp_path / "second").exists()
     lstm = tiny_config(
         out=str(tmp_path / "third"),
         init=str(tmp_path / "first" / "last.pt"),
         optimizer="lstm",
     )
-    with pytest.raises(ValueError, match="its inputs is"):
-        MetaTrainer(lstm, progress=False)
+    with pytest.raises(ValueError, match="drop --optimizer"):
+        meta_train(lstm, progress=False)
+
+
+def test_init_rejects_non_finite_weights(tmp_path, tiny_config):
+    meta_train(tiny_config(episodes=1, out=str(tmp_path / "first")), progress=False)
+    checkpoint = load_checkpoint(tmp_path / "first" / "last.pt")
+    with torch.no_grad():
+        checkpoint.nets["fc"].lstm.weight_hh_l1[0, 0] = float("nan")
+    from slstm.optim import save_checkpoint
+
+    save_checkpoint(tmp_path / "nan.pt", checkpoint.nets, checkpoint.config, {})
+    config = tiny_config(out=str(tmp_path / "second"), init=str(tmp_path / "nan.pt"))
+    with pytest.raises(ValueError, match="fc network's lstm.weight_hh_l1 holds NaN"):
+        meta_train(config, progress=False)
+
+
+def test_resume_does_not_read_init_again(tmp_path, tiny_config):
+    meta_train(tiny_config(episodes=1, out=str(tmp_path / "first")), progress=False)
+    start = tmp_path / "start.pt"
+    start.write_bytes((tmp_path / "first" / "last.pt").read_bytes())
+    out = tmp_path / "second"
+    meta_train(tiny_config(episodes=1, out=str(out), init=str(start)), progress=False)
+    recorded = load_checkpoint(out / "last.pt").provenance["init"]
+    # The starting file may be gone by the time the run is resumed.
+    start.unlink()
+    config = tiny_config(episodes=2, out=str(out), init=str(start))
+    meta_train(config, resume=True, progress=False)
+    assert load_checkpoint(out / "last.pt").provenance["init"] == recorded
+    assert recorded["path"] == str(start.resolve())
+
+
+def test_config_rejects_empty_init(tiny_config):
+    with pytest.raises(ValueError, match="init must be the path"):
+        tiny_config(init="")
 
 
 def test_cli_init_takes_unset_options_from_checkpoint(tmp_path):

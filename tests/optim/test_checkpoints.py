@@ -96,6 +96,22 @@ def test_rejects_newer_version(tmp_path):
         load_checkpoint(path)
 
 
+@pytest.mark.parametrize("provenance", [7, None, ["a", "b"]])
+def test_rejects_provenance_of_other_type(tmp_path, provenance):
+    config = LearnedOptimizerConfig()
+    path = save_checkpoint(tmp_path / "a.pt", create_update_nets(config), config, {})
+    payload = torch.load(path, weights_only=True)
+    payload["provenance"] = provenance
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="its provenance is a"):
+        load_checkpoint(path)
+
+
+def test_directory_is_not_a_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="is a directory"):
+        load_checkpoint(tmp_path)
+
+
 def test_rejects_weights_of_other_shape(tmp_path):
     config = LearnedOptimizerConfig()
     path = save_checkpoint(tmp_path / "a.pt", create_update_nets(config), config, {})

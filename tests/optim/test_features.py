@@ -159,3 +159,16 @@ def test_build_features_into_checks_like_build_features():
     out = torch.empty(4, 3)
     with pytest.raises(ValueError, match="diagonal Hessian"):
         build_features_into(out, torch.ones(3), None, config)
+
+
+def test_build_features_into_rejects_bad_out():
+    config = LearnedOptimizerConfig.preset("slstm")
+    grad, hessian = torch.ones(3), torch.ones(3)
+    with pytest.raises(ValueError, match=r"shape \(4, 3\)"):
+        build_features_into(torch.empty(4, 5), grad, hessian, config)
+    with pytest.raises(ValueError, match="contiguous"):
+        build_features_into(torch.empty(3, 4).t(), grad, hessian, config)
+    with pytest.raises(ValueError, match="dtype"):
+        build_features_into(
+            torch.empty(4, 3, dtype=torch.float64), grad, hessian, config
+        )

@@ -523,6 +523,24 @@ def test_float64_nets_serve_float32_params():
     assert torch.count_nonzero(new_params[0]) == 3
 
 
+@pytest.mark.parametrize("hessian_dtype", [torch.float64, torch.float16])
+def test_step_takes_hessian_of_other_dtype(hessian_dtype):
+    config = LearnedOptimizerConfig.preset("slstm")
+    nets = random_nets(config)
+    params = [nn.Parameter(torch.zeros(5)), nn.Parameter(torch.zeros(3))]
+    grads = [torch.linspace(-1, 1, p.numel()) for p in params]
+    hessians = [torch.linspace(0, 2, p.numel()).to(hessian_dtype) for p in params]
+    for p, grad, hessian in zip(params, grads, hessians, strict=True):
+        p.grad, p.hessian_diag = grad, hessian
+    optimizer = LearnedOptimizer([{"params": params, "kind": "fc"}], nets, config)
+    optimizer.step()
+    expected, _ = learned_update(
+        nets, config, [torch.zeros(5), torch.zeros(3)], grads, hessians, ["fc"] * 2
+    )
+    for p, value in zip(params, expected, strict=True):
+        torch.testing.assert_close(p.detach(), value, rtol=0, atol=0)
+
+
 def test_nets_on_other_device_rejected():
     config = LearnedOptimizerConfig.preset("lstm")
     params = [torch.zeros(3)]

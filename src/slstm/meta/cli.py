@@ -146,8 +146,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--init",
         metavar="CHECKPOINT",
         help="start the update networks from this optimizer checkpoint (a file "
-        "or a shipped name) instead of a fresh initialisation; the options of "
-        "this group that are not given are taken from it",
+        "or a shipped name) instead of a fresh initialisation; --optimizer and "
+        "the options of this group that are not given are taken from it",
     )
     learned.add_argument(
         "--hidden-size",
@@ -304,6 +304,10 @@ def config_from_args(args: argparse.Namespace) -> MetaTrainConfig:
     if "validation" not in given:
         given["validation"] = MetaTrainConfig.validation
     if given.get("init"):
+        init = Path(given["init"])
+        if init.is_file():
+            # Absolute, so that --resume from another directory names the same file.
+            given["init"] = str(init.resolve())
         given = {**init_options(given["init"]), **given}
     return MetaTrainConfig.from_dict(given)
 

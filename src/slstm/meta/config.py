@@ -162,6 +162,11 @@ class MetaTrainConfig:
                 f"the search interval needs 0 < search_low < search_high, got "
                 f"{self.search_low!r} and {self.search_high!r}"
             )
+        if self.init is not None and not (isinstance(self.init, str) and self.init):
+            raise ValueError(
+                f"init must be the path or shipped name of an optimizer checkpoint, "
+                f"got {self.init!r}; omit it to start from fresh networks"
+            )
         if not isinstance(self.net_sizes, dict):
             raise ValueError(
                 "net_sizes must be a dict of size names to values, got "

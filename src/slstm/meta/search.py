@@ -163,7 +163,9 @@ def search_meta_lr(config, *, context=None, device=None) -> tuple[float, list]:
         trainer = MetaTrainer(
             trial_config, context=context, device=device, progress=False, data=data
         )
-        return trainer.run().best_validation_loss
+        # The final networks, not best.pt: a run started with --init also
+        # validates its starting weights, which every trial shares.
+        return trainer.run().final_validation_loss
 
     if context.is_main:
 

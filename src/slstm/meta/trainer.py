@@ -119,6 +119,8 @@ class MetaTrainResult:
         nonfinite: non-finite meta-losses or meta-gradients on this rank.
         diverged: diverged episodes on this rank.
         best_validation_loss: the validation loss of ``best.pt`` (inf if none).
+        final_validation_loss: the validation loss of the networks after the
+            last episode (inf if they were not validated).
         meta_lr: the meta learning rate used (the search's choice with --search).
         search_trials: ``(meta_lr, validation loss)`` of each search trial.
     """
@@ -133,6 +135,7 @@ class MetaTrainResult:
     diverged: int
     best_validation_loss: float
     meta_lr: float
+    final_validation_loss: float = math.inf
     search_trials: list = field(default_factory=list)
 
 
@@ -197,16 +200,10 @@ class MetaTrainer:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             self.nets = create_update_nets(self.optimizer_config).to(self.device)
-        # The provenance of the --init checkpoint, kept in every file this run
-        # writes so that a chain of continued runs can be traced to its start.
+        # The path, configuration and provenance of the --init checkpoint, kept
+        # in every file this run writes (and in its state, so that --resume
+        # never reads that file again) to trace chains of continued runs.
         self.init_provenance: dict | None = None
-        if config.init:
-            loaded = load_initial_weights(self.nets, self.optimizer_config, config.init)
-            self.init_provenance = {
-                "path": str(loaded.path),
-                "config": loaded.config.to_dict(),
-                "provenance": loaded.provenance,
-            }
         self.meta_params = [p for p in self.nets.parameters() if p.requires_grad]
         self.meta_optimizer = torch.optim.Adam(self.meta_params, lr=config.meta_lr)
         self.counters = Counters()
@@ -423,8 +420,11 @@ class MetaTrainer:
         config = self.config
         if resume:
             self._resume()
-        elif self.context.is_main:
-            self._prepare_new_output()
+        else:
+            if config.init:
+                self.start_from_init()
+            if self.context.is_main:
+                self._prepare_new_output()
         self.context.barrier()
 
         start_episode = self.counters.episode
@@ -481,6 +481,17 @@ class MetaTrainer:
         self.context.barrier()
         return self.result()
 
+    def start_from_init(self) -> None:
+        """Load the weights of the ``config.init`` checkpoint into the networks."""
+        loaded = load_initial_weights(
+            self.nets, self.optimizer_config, self.config.init
+        )
+        self.init_provenance = {
+            "path": str(loaded.path.resolve()),
+            "config": loaded.config.to_dict(),
+            "provenance": loaded.provenance,
+        }
+
     def result(self) -> MetaTrainResult:
         best = self.out / "best.pt"
         return MetaTrainResult(
@@ -493,6 +504,12 @@ class MetaTrainer:
             nonfinite=self.counters.nonfinite,
             diverged=self.counters.diverged,
             best_validation_loss=self.best_validation_loss,
+            final_validation_loss=(
+                self.last_validation[0]
+                if self.last_validation
+                and self.validated_episode == self.counters.episode
+                else math.inf
+            ),
             meta_lr=self.config.meta_lr,
         )
 
@@ -626,6 +643,7 @@ class MetaTrainer:
             if self.last_validation
             else None,
             "validated_episode": self.validated_episode,
+            "init_provenance": self.init_provenance,
             "rng": rng_states if rng_states is not None else [capture_rng_state()],
             "world_size": self.context.world_size,
         }
@@ -642,6 +660,7 @@ class MetaTrainer:
         self._totals = dict(state["totals"])
         self.best_validation_loss = float(state["best_validation_loss"])
         self.best_episode = state["best_episode"]
+        self.init_provenance = state.get("init_provenance")
         last = state["last_validation"]
         self.last_validation = tuple(last) if last else None
         self.validated_episode = int(state["validated_episode"])
@@ -868,29 +887,48 @@ def learned_optimizer_config(config: MetaTrainConfig):
     )
 
 
-# Fields that must agree between a run and the checkpoint it starts from; the
-# output scale and the curvature method may differ (a new scale multiplies the
-# learned step, a new method feeds another estimate of the same quantity).
-_INIT_FIELDS = ("inputs", "hidden_size", "num_layers", "preprocess_p", "kinds")
+# Fields that must agree between a run and the checkpoint it starts from, with
+# the option that sets each (None: no option can change it). The output scale
+# and the curvature method may differ: a new scale multiplies the learned step,
+# and a new method feeds another estimate of the same quantity.
+_INIT_FIELDS = {
+    "inputs": "--optimizer",
+    "hidden_size": "--hidden-size",
+    "num_layers": "--num-layers",
+    "preprocess_p": "--preprocess-p",
+    "kinds": None,
+}
 
 
 def load_initial_weights(nets, optimizer_config, checkpoint: str):
     """Copy the update-network weights of ``checkpoint`` into ``nets``.
 
     Returns the loaded :class:`slstm.optim.Checkpoint`. Raises ValueError naming
-    the first architecture field on which the run and the checkpoint disagree.
+    the first architecture field on which the run and the checkpoint disagree,
+    or a weight that is not finite.
     """
     from slstm.optim import load_checkpoint
 
     loaded = load_checkpoint(checkpoint)
-    for name in _INIT_FIELDS:
+    where = f"cannot start from {str(loaded.path)!r}"
+    for name, option in _INIT_FIELDS.items():
         ours, theirs = getattr(optimizer_config, name), getattr(loaded.config, name)
-        if ours != theirs:
-            raise ValueError(
-                f"cannot start from {str(loaded.path)!r}: its {name} is {theirs!r} "
-                f"but this run's is {ours!r}; drop the option that sets {name} so "
-                "the checkpoint's value is used, or start without --init"
-            )
+        if ours == theirs:
+            continue
+        if option is None:
+            fix = "this run cannot start from it; meta-train from scratch instead"
+        else:
+            fix = f"drop {option} so that the checkpoint's value is used"
+        raise ValueError(
+            f"{where}: its {name} is {theirs!r} but this run's is {ours!r}; {fix}"
+        )
+    for kind, net in loaded.nets.items():
+        for weight_name, weight in net.state_dict().items():
+            if not bool(weight.isfinite().all()):
+                raise ValueError(
+                    f"{where}: its {kind} network's {weight_name} holds NaN or "
+                    "infinite values; start from another checkpoint"
+                )
     with torch.no_grad():
         for kind in optimizer_config.kinds:
             nets[kind].load_state_dict(loaded.nets[kind].state_dict())

@@ -150,6 +150,11 @@ def resolve_checkpoint(name_or_path) -> Path:
     path = Path(name_or_path)
     if path.is_file():
         return path
+    if path.is_dir():
+        raise CheckpointError(
+            f"{str(path)!r} is a directory, not a checkpoint file; pass a file in "
+            "it, such as the best.pt or last.pt that `slstm meta-train` writes"
+        )
     shipped = shipped_checkpoints()
     if str(name_or_path) in shipped:
         return PRETRAINED_DIR / f"{name_or_path}.pt"
@@ -311,12 +316,19 @@ def load_checkpoint(name_or_path, map_location=None) -> Checkpoint:
         raise CheckpointError(
             f"{str(path)!r} is damaged or inconsistent: {type(error).__name__}: {error}"
         ) from error
+    provenance = payload.get("provenance", {})
+    if not isinstance(provenance, dict):
+        raise CheckpointError(
+            f"{str(path)!r} is damaged or inconsistent: its provenance is a "
+            f"{type(provenance).__name__}, not a dict; write the file again with "
+            "slstm.optim.save_checkpoint"
+        )
     if map_location is not None:
         nets.to(map_location)
     return Checkpoint(
         nets=nets,
         config=config,
-        provenance=dict(payload.get("provenance", {})),
+        provenance=dict(provenance),
         path=path,
     )
 

@@ -102,14 +102,28 @@ def build_features_into(
     """Write ``build_features(grad, hessian_diag, config).t()`` into ``out``.
 
     ``out`` is a contiguous ``(num_features(config), N)`` tensor of the inputs'
-    dtype; it is returned. The numbers are bitwise those of ``build_features``,
-    computed with a handful of in-place operations per input instead of the
-    stack, concatenation and transposed copy, which matters when the optimizer
-    runs this on many blocks of coordinates per step. No autograd.
+    dtype; it is returned. For every non-NaN input the numbers are bitwise those
+    of ``build_features`` (a NaN input gives ``(NaN, 0)`` here and ``(-1, NaN)``
+    there). They are computed with a handful of in-place operations per input
+    instead of the stack, concatenation and transposed copy, which matters when
+    the optimizer runs this on many blocks of coordinates per step. No autograd.
     """
+    values = _inputs(grad, hessian_diag, config)
+    expected = (num_features(config), grad.numel())
+    if tuple(out.shape) != expected or not out.is_contiguous():
+        raise ValueError(
+            f"out must be a contiguous tensor of shape {expected}, got shape "
+            f"{tuple(out.shape)}; allocate it with torch.empty{expected}"
+        )
+    for value in values:
+        if value.dtype != out.dtype:
+            raise ValueError(
+                f"out has dtype {out.dtype} but an input has dtype {value.dtype}; "
+                "use one dtype, or build_features(...).to(dtype) for mixed ones"
+            )
     p = config.preprocess_p
     threshold, scale = math.exp(-p), math.exp(p)
-    for index, x in enumerate(_inputs(grad, hessian_diag, config)):
+    for index, x in enumerate(values):
         log_row = out[FEATURES_PER_INPUT * index]
         sign_row = out[FEATURES_PER_INPUT * index + 1]
         magnitude = torch.abs(x, out=log_row)

@@ -102,7 +102,9 @@ def compute_update(
         features = build_features(grad, hessian_diag, config).to(weight.dtype)
         update, new_state = net(features, state)
     else:
-        if grad.dtype == weight.dtype:
+        if grad.dtype == weight.dtype and (
+            hessian_diag is None or hessian_diag.dtype == weight.dtype
+        ):
             rows = num_features(config)
             features = workspace_buffer(
                 workspace, "features", rows * grad.numel(), weight
