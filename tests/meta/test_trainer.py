@@ -312,7 +312,7 @@ def test_init_rejects_non_finite_weights(tmp_path, tiny_config):
 
     save_checkpoint(tmp_path / "nan.pt", checkpoint.nets, checkpoint.config, {})
     config = tiny_config(out=str(tmp_path / "second"), init=str(tmp_path / "nan.pt"))
-    with pytest.raises(ValueError, match="fc network's lstm.weight_hh_l1 holds NaN"):
+    with pytest.raises(ValueError, match="fc network.s lstm.weight_hh_l1 contains NaN"):
         meta_train(config, progress=False)
 
 

@@ -926,7 +926,7 @@ def load_initial_weights(nets, optimizer_config, checkpoint: str):
         for weight_name, weight in net.state_dict().items():
             if not bool(weight.isfinite().all()):
                 raise ValueError(
-                    f"{where}: its {kind} network's {weight_name} holds NaN or "
+                    f"{where}: its {kind} network's {weight_name} contains NaN or "
                     "infinite values; start from another checkpoint"
                 )
     with torch.no_grad():
