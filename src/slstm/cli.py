@@ -15,6 +15,11 @@ COMMANDS = [
     ("demo", "slstm.curvature.demo", "show g and the diagonal Hessian on real batches"),
     ("meta-train", "slstm.meta.cli", "meta-train an LSTM or SLSTM optimizer"),
     (
+        "calibrate",
+        "slstm.meta.calibrate",
+        "choose a learned optimizer's output scale on validation tasks",
+    ),
+    (
         "train",
         "slstm.meta.train_cli",
         "train one CNN, optionally meta-learning jointly",

@@ -1,0 +1,307 @@
+"""Choose a learned optimizer's output scale on held-out validation tasks.
+
+A meta-trained update network proposes ``update = output_scale * readout(h)``.
+Truncated meta-training tends to settle on steps that are too short for the
+horizon the optimizer is later run for, so the scale is worth tuning after
+meta-training, the way a baseline's learning rate is tuned. Each candidate scale
+is scored like ``slstm meta-train`` scores its checkpoints: fresh networks from
+the run's validation tasks are trained with the frozen update networks on the
+held-out validation split, and their final loss is averaged. Nothing is
+meta-trained here, and the test split is never read.
+
+    slstm calibrate slstm-fashion-mnist --scales 0.1,0.2,0.3 --out calibrated.pt
+"""
+
+import argparse
+import copy
+import logging
+import math
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from slstm.meta.config import MetaTrainConfig
+
+logger = logging.getLogger("slstm.meta")
+
+
+@dataclass
+class ScaleTrial:
+    """Validation result of one output scale (mean over the validation tasks)."""
+
+    output_scale: float
+    validation_loss: float
+    validation_error: float
+    seconds: float
+
+
+@dataclass
+class CalibrationResult:
+    """Outcome of :func:`calibrate_output_scale`.
+
+    Attributes:
+        trials: one :class:`ScaleTrial` per candidate, in the order given.
+        best_scale: the scale with the lowest validation loss (the first one on
+            a tie).
+        config: the meta-training configuration whose data and validation
+            tasks were used.
+        out: the checkpoint written with ``best_scale``, or None.
+        record: what the written checkpoint's provenance stores under
+            ``output_scale_calibration``: the source file, every trial, the
+            validation set-up and the command.
+    """
+
+    trials: list[ScaleTrial]
+    best_scale: float
+    config: MetaTrainConfig
+    out: Path | None = None
+    record: dict = field(default_factory=dict)
+
+
+def calibrate_output_scale(
+    checkpoint,
+    scales,
+    *,
+    config: MetaTrainConfig | None = None,
+    validation_tasks: int | None = None,
+    horizon: int | None = None,
+    seed: int | None = None,
+    data_dir: str | None = None,
+    device: str | None = None,
+    out=None,
+) -> CalibrationResult:
+    """Score ``checkpoint`` at each output scale and optionally save the best.
+
+    Args:
+        checkpoint: a path or shipped name of an optimizer checkpoint.
+        scales: candidate output scales (positive numbers, in parameter units
+            per step).
+        config: the meta-training configuration that defines the data, the
+            optimizee networks and the validation split. Default: the one in
+            the checkpoint's provenance (``meta_train_config``).
+        validation_tasks, horizon, seed: override the configuration's number
+            of validation networks, their training steps and the seed that
+            draws them. The seed also carves the validation split, so another
+            seed than the run's may validate on images it meta-trained on.
+        data_dir: directory of the data set's files, overriding the
+            configuration's.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"`` (default: the
+            configuration's).
+        out: where to write the checkpoint with the best scale; its provenance
+            is the original one plus an ``output_scale_calibration`` record.
+    """
+    from slstm.meta.trainer import MetaTrainer
+    from slstm.optim import load_checkpoint, save_checkpoint
+
+    scales = _check_scales(scales)
+    loaded = load_checkpoint(checkpoint)
+    if config is None:
+        saved = loaded.provenance.get("meta_train_config")
+        if not isinstance(saved, dict):
+            raise ValueError(
+                f"{str(loaded.path)!r} records no meta_train_config in its "
+                "provenance; pass the config.json of the run that trained it"
+            )
+        config = MetaTrainConfig.from_dict(saved)
+    changes = {"init": None, "search": 0}
+    if validation_tasks is not None:
+        changes["validation_tasks"] = validation_tasks
+    if horizon is not None:
+        changes["validation_horizon"] = horizon
+    if seed is not None:
+        changes["seed"] = seed
+    if data_dir is not None:
+        changes["data_dir"] = data_dir
+    if device is not None:
+        changes["device"] = device
+    config = config.replace(**changes)
+    if config.validation in (0, 0.0):
+        raise ValueError(
+            "the configuration carves no validation split (validation=0); "
+            "pass a configuration with a validation count or fraction"
+        )
+
+    trials: list[ScaleTrial] = []
+    data = None
+    with tempfile.TemporaryDirectory() as scratch:
+        for scale in scales:
+            started = time.perf_counter()
+            trainer = MetaTrainer(
+                config.replace(
+                    optimizer="slstm" if "hessian" in loaded.config.inputs else "lstm",
+                    hidden_size=loaded.config.hidden_size,
+                    num_layers=loaded.config.num_layers,
+                    preprocess_p=loaded.config.preprocess_p,
+                    curvature_method=loaded.config.curvature_method,
+                    output_scale=scale,
+                    out=scratch,
+                ),
+                progress=False,
+                data=data,
+            )
+            data = trainer.data
+            _copy_weights(loaded, trainer.nets)
+            loss, error = trainer.validate()
+            trial = ScaleTrial(scale, loss, error, time.perf_counter() - started)
+            trials.append(trial)
+            logger.info(
+                "output scale %g: validation loss %.4f, error %.2f%% (%.1f s)",
+                scale,
+                loss,
+                100 * error,
+                trial.seconds,
+            )
+
+    finite = [t for t in trials if math.isfinite(t.validation_loss)]
+    if not finite:
+        raise ValueError(
+            f"every output scale in {scales} diverged on validation; try smaller scales"
+        )
+    best = min(finite, key=lambda t: t.validation_loss)
+    record = {
+        "source": str(loaded.path.resolve()),
+        "source_output_scale": loaded.config.output_scale,
+        "chosen_output_scale": best.output_scale,
+        "validation_tasks": config.validation_tasks,
+        "validation_horizon": config.validation_horizon or config.horizon,
+        "seed": config.seed,
+        "command": " ".join(sys.argv),
+        "trials": [asdict(t) for t in trials],
+    }
+    result = CalibrationResult(trials, best.output_scale, config, record=record)
+    if out is not None:
+        chosen = copy.deepcopy(loaded.nets)
+        for net in chosen.values():
+            net.output_scale = best.output_scale
+        new_config = replace(loaded.config, output_scale=best.output_scale)
+        provenance = {**loaded.provenance, "output_scale_calibration": record}
+        result.out = Path(save_checkpoint(out, chosen, new_config, provenance))
+    return result
+
+
+def _check_scales(scales) -> list[float]:
+    scales = [float(s) for s in scales]
+    if not scales:
+        raise ValueError("give at least one output scale, e.g. 0.1,0.2,0.3")
+    for scale in scales:
+        if not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"output scales must be positive numbers, got {scale!r}")
+    return scales
+
+
+def _copy_weights(loaded, nets) -> None:
+    with torch.no_grad():
+        for kind in loaded.config.kinds:
+            nets[kind].load_state_dict(loaded.nets[kind].state_dict())
+
+
+# ---------------------------------------------------------------- command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "checkpoint", help="optimizer checkpoint: a file or a shipped name"
+    )
+    parser.add_argument(
+        "--scales",
+        required=True,
+        type=_float_list,
+        metavar="LIST",
+        help="comma-separated output scales to score, e.g. 0.1,0.2,0.3",
+    )
+    parser.add_argument(
+        "--out",
+        metavar="FILE",
+        help="write the checkpoint with the best scale here (default: only "
+        "print the scores)",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="config.json of the meta-training run whose data and validation "
+        "tasks to use (default: the one in the checkpoint's provenance)",
+    )
+    parser.add_argument(
+        "--validation-tasks",
+        type=int,
+        metavar="N",
+        help="fresh networks trained per scale (default: the run's)",
+    )
+    parser.add_argument(
+        "--horizon",
+        type=int,
+        metavar="STEPS",
+        help="training steps of each validation network (default: the run's "
+        "validation horizon)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        metavar="N",
+        help="seed that draws the validation networks and carves the validation "
+        "split (default: the run's, which keeps the validation images held out "
+        "from its meta-training)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="directory of the data set's files (default: the run's)",
+    )
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        help="where to train (default: the run's)",
+    )
+    parser.add_argument(
+        "--threads", type=int, metavar="N", help="torch CPU threads (default: torch's)"
+    )
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from slstm.optim import CheckpointError
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        config = MetaTrainConfig.load(args.config) if args.config else None
+        result = calibrate_output_scale(
+            args.checkpoint,
+            args.scales,
+            config=config,
+            validation_tasks=args.validation_tasks,
+            horizon=args.horizon,
+            seed=args.seed,
+            data_dir=args.data_dir,
+            device=args.device,
+            out=args.out,
+        )
+    except (ValueError, FileNotFoundError, CheckpointError) as error:
+        print(f"slstm calibrate: {error}", file=sys.stderr)
+        return 2
+    print("| output scale | validation loss | validation error |")
+    print("|---:|---:|---:|")
+    for trial in result.trials:
+        mark = " (best)" if trial.output_scale == result.best_scale else ""
+        print(
+            f"| {trial.output_scale:g}{mark} | {trial.validation_loss:.4f} | "
+            f"{100 * trial.validation_error:.2f} % |"
+        )
+    if result.out is not None:
+        print(f"wrote {result.out} with output scale {result.best_scale:g}")
+    return 0

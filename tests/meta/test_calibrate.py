@@ -1,0 +1,79 @@
+"""Output-scale calibration: scores match meta-training's validation, files load."""
+
+import pytest
+import torch
+
+from slstm.cli import main
+from slstm.meta import meta_train
+from slstm.meta.calibrate import calibrate_output_scale
+from slstm.meta.metrics import read_metrics
+from slstm.optim import load_checkpoint
+
+
+@pytest.fixture
+def trained(tmp_path, tiny_config):
+    config = tiny_config(episodes=2, validate_every=2, out=str(tmp_path / "run"))
+    meta_train(config, progress=False)
+    return config, tmp_path / "run"
+
+
+def test_score_at_own_scale_matches_run_validation(trained):
+    config, out = trained
+    rows = read_metrics(out / "metrics.csv")
+    final = [r for r in rows if r["kind"] == "validation"][-1]
+    result = calibrate_output_scale(out / "last.pt", [config.output_scale])
+    assert result.trials[0].validation_loss == pytest.approx(
+        float(final["validation_loss"]), rel=1e-12
+    )
+
+
+def test_best_scale_is_written_with_record(trained, tmp_path):
+    _, out = trained
+    scales = [0.05, 0.1, 0.4]
+    result = calibrate_output_scale(
+        out / "last.pt", scales, validation_tasks=2, out=tmp_path / "cal.pt"
+    )
+    losses = [t.validation_loss for t in result.trials]
+    assert [t.output_scale for t in result.trials] == scales
+    assert result.best_scale == scales[losses.index(min(losses))]
+    written = load_checkpoint(tmp_path / "cal.pt")
+    source = load_checkpoint(out / "last.pt")
+    assert written.config.output_scale == result.best_scale
+    for kind, net in written.nets.items():
+        assert net.output_scale == result.best_scale
+        for name, value in net.state_dict().items():
+            assert torch.equal(value, source.nets[kind].state_dict()[name]), name
+    record = written.provenance["output_scale_calibration"]
+    assert record["chosen_output_scale"] == result.best_scale
+    assert record["validation_tasks"] == 2
+    assert [t["output_scale"] for t in record["trials"]] == scales
+    # The original provenance is kept beside the record.
+    assert (
+        written.provenance["meta_train_config"]
+        == (source.provenance["meta_train_config"])
+    )
+
+
+def test_cli_prints_table_and_rejects_bad_scales(trained, tmp_path, capsys):
+    _, out = trained
+    code = main(["calibrate", str(out / "last.pt"), "--scales", "0.1,0.2",
+                 "--validation-tasks", "1",
+                 "--out", str(tmp_path / "c.pt")])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| 0.1" in printed
+    assert "| 0.2" in printed
+    assert "(best)" in printed
+    assert (tmp_path / "c.pt").is_file()
+    code = main(["calibrate", str(out / "last.pt"), "--scales", "0.1,-1"])
+    assert code == 2
+    assert "positive numbers, got -1.0" in capsys.readouterr().err
+
+
+def test_checkpoint_without_config_needs_one(tmp_path):
+    from slstm.optim import LearnedOptimizerConfig, create_update_nets, save_checkpoint
+
+    config = LearnedOptimizerConfig.preset("lstm")
+    path = save_checkpoint(tmp_path / "bare.pt", create_update_nets(config), config, {})
+    with pytest.raises(ValueError, match="records no meta_train_config"):
+        calibrate_output_scale(path, [0.1])
