@@ -1,5 +1,7 @@
 """Output-scale calibration: scores match meta-training's validation, files load."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -75,5 +77,62 @@ def test_checkpoint_without_config_needs_one(tmp_path):
 
     config = LearnedOptimizerConfig.preset("lstm")
     path = save_checkpoint(tmp_path / "bare.pt", create_update_nets(config), config, {})
-    with pytest.raises(ValueError, match="records no meta_train_config"):
+    with pytest.raises(ValueError, match="records no usable meta_train_config"):
         calibrate_output_scale(path, [0.1])
+
+
+def test_bad_out_is_rejected_before_scoring(trained, tmp_path):
+    _, out = trained
+    with pytest.raises(ValueError, match="exists and is not a regular file"):
+        calibrate_output_scale(out / "last.pt", [0.1], out=tmp_path)
+    with pytest.raises(ValueError, match="--out is empty"):
+        calibrate_output_scale(out / "last.pt", [0.1], out="")
+
+
+def test_duplicate_scales_are_rejected(trained):
+    _, out = trained
+    with pytest.raises(ValueError, match="must differ"):
+        calibrate_output_scale(out / "last.pt", [0.1, 0.1])
+
+
+def test_threads_override_run_config(trained):
+    _, out = trained
+    before = torch.get_num_threads()
+    result = calibrate_output_scale(out / "last.pt", [0.1], threads=2)
+    assert result.config.num_threads == 2
+    assert torch.get_num_threads() == 2
+    torch.set_num_threads(before)
+
+
+def test_other_kinds_are_rejected(trained, tmp_path):
+    from slstm.optim import create_update_nets, save_checkpoint
+
+    _, out = trained
+    source = load_checkpoint(out / "last.pt")
+    config = dataclasses.replace(source.config, kinds=("fc",))
+    nets = create_update_nets(config)
+    path = save_checkpoint(tmp_path / "fc.pt", nets, config, source.provenance)
+    with pytest.raises(ValueError, match="only checkpoints of the lstm or slstm"):
+        calibrate_output_scale(path, [0.1])
+
+
+def test_written_file_is_world_readable(trained, tmp_path):
+    _, out = trained
+    calibrate_output_scale(
+        out / "last.pt", [0.1], validation_tasks=1, out=tmp_path / "c.pt"
+    )
+    assert (tmp_path / "c.pt").stat().st_mode & 0o044 == 0o044
+
+
+def test_recalibration_keeps_previous_record(trained, tmp_path):
+    _, out = trained
+    calibrate_output_scale(
+        out / "last.pt", [0.1, 0.2], validation_tasks=1, out=tmp_path / "a.pt"
+    )
+    calibrate_output_scale(
+        tmp_path / "a.pt", [0.3], validation_tasks=1, out=tmp_path / "b.pt"
+    )
+    first = load_checkpoint(tmp_path / "a.pt").provenance["output_scale_calibration"]
+    second = load_checkpoint(tmp_path / "b.pt").provenance["output_scale_calibration"]
+    assert second["previous"] == first
+    assert second["meta_train_config"]["data"] == "digits"

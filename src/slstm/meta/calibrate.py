@@ -16,6 +16,7 @@ import argparse
 import copy
 import logging
 import math
+import os
 import sys
 import tempfile
 import time
@@ -52,7 +53,8 @@ class CalibrationResult:
         out: the checkpoint written with ``best_scale``, or None.
         record: what the written checkpoint's provenance stores under
             ``output_scale_calibration``: the source file, every trial, the
-            validation set-up and the command.
+            validation set-up with its full meta-training configuration, the
+            command, and an earlier calibration of the source (``previous``).
     """
 
     trials: list[ScaleTrial]
@@ -72,6 +74,7 @@ def calibrate_output_scale(
     seed: int | None = None,
     data_dir: str | None = None,
     device: str | None = None,
+    threads: int | None = None,
     out=None,
 ) -> CalibrationResult:
     """Score ``checkpoint`` at each output scale and optionally save the best.
@@ -91,6 +94,7 @@ def calibrate_output_scale(
             configuration's.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"`` (default: the
             configuration's).
+        threads: torch CPU threads (default: the configuration's).
         out: where to write the checkpoint with the best scale; its provenance
             is the original one plus an ``output_scale_calibration`` record.
     """
@@ -98,16 +102,29 @@ def calibrate_output_scale(
     from slstm.optim import load_checkpoint, save_checkpoint
 
     scales = _check_scales(scales)
+    if out is not None:
+        out = _check_out(out)
     loaded = load_checkpoint(checkpoint)
     if config is None:
         saved = loaded.provenance.get("meta_train_config")
         if not isinstance(saved, dict):
             raise ValueError(
-                f"{str(loaded.path)!r} records no meta_train_config in its "
+                f"{str(loaded.path)!r} records no usable meta_train_config in its "
                 "provenance; pass the config.json of the run that trained it"
             )
         config = MetaTrainConfig.from_dict(saved)
-    changes = {"init": None, "search": 0}
+    changes = {
+        "init": None,
+        "search": 0,
+        # The checkpoint's own networks are scored, whatever the config says.
+        "optimizer": "slstm" if "hessian" in loaded.config.inputs else "lstm",
+        "hidden_size": loaded.config.hidden_size,
+        "num_layers": loaded.config.num_layers,
+        "preprocess_p": loaded.config.preprocess_p,
+        "curvature_method": loaded.config.curvature_method,
+    }
+    if threads is not None:
+        changes["num_threads"] = threads
     if validation_tasks is not None:
         changes["validation_tasks"] = validation_tasks
     if horizon is not None:
@@ -121,30 +138,35 @@ def calibrate_output_scale(
     config = config.replace(**changes)
     if config.validation in (0, 0.0):
         raise ValueError(
-            "the configuration carves no validation split (validation=0); "
-            "pass a configuration with a validation count or fraction"
+            "the configuration carves no validation split (validation=0); pass "
+            "--config with a run whose validation is a positive count or fraction"
+        )
+    from slstm.meta.trainer import learned_optimizer_config
+
+    expected = replace(
+        learned_optimizer_config(config), output_scale=loaded.config.output_scale
+    )
+    if expected != loaded.config:
+        raise ValueError(
+            f"{str(loaded.path)!r} has inputs {loaded.config.inputs} and kinds "
+            f"{loaded.config.kinds}, but meta-training builds {expected.inputs} and "
+            f"{expected.kinds}; only checkpoints of the lstm or slstm presets can "
+            "be calibrated"
         )
 
     trials: list[ScaleTrial] = []
     data = None
     with tempfile.TemporaryDirectory() as scratch:
         for scale in scales:
-            started = time.perf_counter()
             trainer = MetaTrainer(
-                config.replace(
-                    optimizer="slstm" if "hessian" in loaded.config.inputs else "lstm",
-                    hidden_size=loaded.config.hidden_size,
-                    num_layers=loaded.config.num_layers,
-                    preprocess_p=loaded.config.preprocess_p,
-                    curvature_method=loaded.config.curvature_method,
-                    output_scale=scale,
-                    out=scratch,
-                ),
+                config.replace(output_scale=scale, out=scratch),
                 progress=False,
                 data=data,
             )
             data = trainer.data
             _copy_weights(loaded, trainer.nets)
+            # Timed after the data set is loaded, which the first scale does.
+            started = time.perf_counter()
             loss, error = trainer.validate()
             trial = ScaleTrial(scale, loss, error, time.perf_counter() - started)
             trials.append(trial)
@@ -169,8 +191,11 @@ def calibrate_output_scale(
         "validation_tasks": config.validation_tasks,
         "validation_horizon": config.validation_horizon or config.horizon,
         "seed": config.seed,
+        # Data set, networks and validation split the scores come from.
+        "meta_train_config": config.replace(out="").to_dict(),
         "command": " ".join(sys.argv),
         "trials": [asdict(t) for t in trials],
+        "previous": loaded.provenance.get("output_scale_calibration"),
     }
     result = CalibrationResult(trials, best.output_scale, config, record=record)
     if out is not None:
@@ -190,7 +215,29 @@ def _check_scales(scales) -> list[float]:
     for scale in scales:
         if not (math.isfinite(scale) and scale > 0):
             raise ValueError(f"output scales must be positive numbers, got {scale!r}")
+    if len(set(scales)) != len(scales):
+        raise ValueError(f"output scales must differ, got {scales}")
     return scales
+
+
+def _check_out(out) -> Path:
+    """Reject an output path that cannot take a file, before any scale is scored."""
+    if str(out) == "":
+        raise ValueError("--out is empty; pass a file path such as calibrated.pt")
+    out = Path(out)
+    if out.exists() and not out.is_file():
+        raise ValueError(
+            f"--out {str(out)!r} exists and is not a regular file; pass a file path"
+        )
+    parent = out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise ValueError(
+            f"--out {str(out)!r} cannot be written: {str(parent)!r} is not a "
+            "writable folder"
+        )
+    return out
 
 
 def _copy_weights(loaded, nets) -> None:
@@ -227,13 +274,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--validation-tasks",
-        type=int,
+        type=_positive_int,
         metavar="N",
         help="fresh networks trained per scale (default: the run's)",
     )
     parser.add_argument(
         "--horizon",
-        type=int,
+        type=_positive_int,
         metavar="STEPS",
         help="training steps of each validation network (default: the run's "
         "validation horizon)",
@@ -257,8 +304,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="where to train (default: the run's)",
     )
     parser.add_argument(
-        "--threads", type=int, metavar="N", help="torch CPU threads (default: torch's)"
+        "--threads",
+        type=_positive_int,
+        metavar="N",
+        help="torch CPU threads (default: the run's)",
     )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def _float_list(text: str) -> list[float]:
@@ -276,8 +336,6 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
-    if args.threads:
-        torch.set_num_threads(args.threads)
     try:
         config = MetaTrainConfig.load(args.config) if args.config else None
         result = calibrate_output_scale(
@@ -289,19 +347,23 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             data_dir=args.data_dir,
             device=args.device,
+            threads=args.threads,
             out=args.out,
         )
-    except (ValueError, FileNotFoundError, CheckpointError) as error:
+    except (ValueError, OSError, CheckpointError) as error:
         print(f"slstm calibrate: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("slstm calibrate: interrupted; nothing was written", file=sys.stderr)
+        return 130
     print("| output scale | validation loss | validation error |")
     print("|---:|---:|---:|")
     for trial in result.trials:
         mark = " (best)" if trial.output_scale == result.best_scale else ""
         print(
-            f"| {trial.output_scale:g}{mark} | {trial.validation_loss:.4f} | "
+            f"| {trial.output_scale!r}{mark} | {trial.validation_loss:.4f} | "
             f"{100 * trial.validation_error:.2f} % |"
         )
     if result.out is not None:
-        print(f"wrote {result.out} with output scale {result.best_scale:g}")
+        print(f"wrote {result.out} with output scale {result.best_scale!r}")
     return 0

@@ -162,6 +162,17 @@ class MetaTrainConfig:
                 f"the search interval needs 0 < search_low < search_high, got "
                 f"{self.search_low!r} and {self.search_high!r}"
             )
+        if not (
+            self.device in ("auto", "cpu", "cuda")
+            or (isinstance(self.device, str) and self.device.startswith("cuda:"))
+        ):
+            raise ValueError(
+                f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}"
+            )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an int >= 0, got {self.seed!r}")
+        if not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed must be an int in [0, 2**63), got {self.seed!r}")
         if self.init is not None and not (isinstance(self.init, str) and self.init):
             raise ValueError(
                 f"init must be the path or shipped name of an optimizer checkpoint, "
@@ -240,7 +251,25 @@ class MetaTrainConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> MetaTrainConfig:
-        return cls.from_json(Path(path).read_text(encoding="utf-8"))
+        """Read a ``config.json``; ValueError names the file when it is unusable."""
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(
+                f"{str(path)!r} is not a file; pass the config.json of a "
+                "meta-training run"
+            )
+        try:
+            values = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(
+                f"{str(path)!r} is not a JSON meta-training configuration: {error}"
+            ) from None
+        if not isinstance(values, dict):
+            raise ValueError(
+                f"{str(path)!r} holds a JSON {type(values).__name__}, not an object "
+                "of meta-training options"
+            )
+        return cls.from_dict(values)
 
     def replace(self, **changes) -> MetaTrainConfig:
         return dataclasses.replace(self, **changes)

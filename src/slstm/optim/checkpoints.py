@@ -133,11 +133,20 @@ def save_checkpoint(
         "provenance": record,
     }
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise ValueError(
+            f"{str(path)!r} exists and is not a regular file; pass a file path "
+            "for the checkpoint"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     os.close(handle)
     try:
         torch.save(payload, temporary)
+        # mkstemp creates the file 0600; give it the permissions open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
