@@ -136,3 +136,28 @@ def test_recalibration_keeps_previous_record(trained, tmp_path):
     second = load_checkpoint(tmp_path / "b.pt").provenance["output_scale_calibration"]
     assert second["previous"] == first
     assert second["meta_train_config"]["data"] == "digits"
+
+
+def test_validate_at_matches_separate_validations(trained):
+    from slstm.meta import MetaTrainer
+
+    config, out = trained
+    trainer = MetaTrainer(config.replace(out=str(out / "scratch")), progress=False)
+    both = trainer.validate_at([4, 10])
+    trainer.config = config.replace(validation_horizon=4)
+    assert trainer.validate() == both[0]
+    trainer.config = config.replace(validation_horizon=10)
+    assert trainer.validate() == both[1]
+
+
+def test_score_is_mean_over_horizons(trained):
+    _, out = trained
+    result = calibrate_output_scale(
+        out / "last.pt", [0.1, 0.3], validation_tasks=1, horizons=[4, 12]
+    )
+    for trial in result.trials:
+        assert trial.horizons == [4, 12]
+        assert len(trial.losses) == 2
+        assert trial.validation_loss == pytest.approx(sum(trial.losses) / 2)
+    with pytest.raises(ValueError, match="increasing positive step counts"):
+        calibrate_output_scale(out / "last.pt", [0.1], horizons=[12, 4])

@@ -9,7 +9,8 @@ the run's validation tasks are trained with the frozen update networks on the
 held-out validation split, and their final loss is averaged. Nothing is
 meta-trained here, and the test split is never read.
 
-    slstm calibrate slstm-fashion-mnist --scales 0.1,0.2,0.3 --out calibrated.pt
+    slstm calibrate slstm-fashion-mnist --scales 0.1,0.2,0.3 --horizons 100,1000 \
+        --out calibrated.pt
 """
 
 import argparse
@@ -32,12 +33,20 @@ logger = logging.getLogger("slstm.meta")
 
 @dataclass
 class ScaleTrial:
-    """Validation result of one output scale (mean over the validation tasks)."""
+    """Validation result of one output scale.
+
+    ``validation_loss`` and ``validation_error`` are means over the validation
+    networks and over the horizons; ``losses`` and ``errors`` hold the means
+    over the networks at each horizon, in the order of ``horizons``.
+    """
 
     output_scale: float
     validation_loss: float
     validation_error: float
     seconds: float
+    horizons: list = field(default_factory=list)
+    losses: list = field(default_factory=list)
+    errors: list = field(default_factory=list)
 
 
 @dataclass
@@ -70,7 +79,7 @@ def calibrate_output_scale(
     *,
     config: MetaTrainConfig | None = None,
     validation_tasks: int | None = None,
-    horizon: int | None = None,
+    horizons=None,
     seed: int | None = None,
     data_dir: str | None = None,
     device: str | None = None,
@@ -86,10 +95,15 @@ def calibrate_output_scale(
         config: the meta-training configuration that defines the data, the
             optimizee networks and the validation split. Default: the one in
             the checkpoint's provenance (``meta_train_config``).
-        validation_tasks, horizon, seed: override the configuration's number
-            of validation networks, their training steps and the seed that
-            draws them. The seed also carves the validation split, so another
-            seed than the run's may validate on images it meta-trained on.
+        validation_tasks, seed: override the configuration's number of
+            validation networks and the seed that draws them. The seed also
+            carves the validation split, so another seed than the run's may
+            validate on images it meta-trained on.
+        horizons: increasing step counts after which each validation network
+            is scored within one run; a scale's score is the mean loss over
+            them (default: the configuration's validation horizon). Scoring
+            at a long horizon as well guards against a scale that is best at
+            the meta-training horizon but stalls or collapses later.
         data_dir: directory of the data set's files, overriding the
             configuration's.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"`` (default: the
@@ -127,8 +141,6 @@ def calibrate_output_scale(
         changes["num_threads"] = threads
     if validation_tasks is not None:
         changes["validation_tasks"] = validation_tasks
-    if horizon is not None:
-        changes["validation_horizon"] = horizon
     if seed is not None:
         changes["seed"] = seed
     if data_dir is not None:
@@ -140,6 +152,13 @@ def calibrate_output_scale(
         raise ValueError(
             "the configuration carves no validation split (validation=0); pass "
             "--config with a run whose validation is a positive count or fraction"
+        )
+    if horizons is None:
+        horizons = [config.validation_horizon or config.horizon]
+    horizons = [int(h) for h in horizons]
+    if not horizons or horizons != sorted(set(horizons)) or horizons[0] < 1:
+        raise ValueError(
+            f"horizons must be increasing positive step counts, got {horizons}"
         )
     from slstm.meta.trainer import learned_optimizer_config
 
@@ -167,14 +186,26 @@ def calibrate_output_scale(
             _copy_weights(loaded, trainer.nets)
             # Timed after the data set is loaded, which the first scale does.
             started = time.perf_counter()
-            loss, error = trainer.validate()
-            trial = ScaleTrial(scale, loss, error, time.perf_counter() - started)
+            scores = trainer.validate_at(horizons)
+            losses = [loss for loss, _ in scores]
+            errors = [error for _, error in scores]
+            trial = ScaleTrial(
+                scale,
+                sum(losses) / len(losses),
+                sum(errors) / len(errors),
+                time.perf_counter() - started,
+                horizons,
+                losses,
+                errors,
+            )
             trials.append(trial)
             logger.info(
-                "output scale %g: validation loss %.4f, error %.2f%% (%.1f s)",
+                "output scale %g: validation loss %s after %s steps, mean %.4f "
+                "(%.1f s)",
                 scale,
-                loss,
-                100 * error,
+                ", ".join(f"{loss:.4f}" for loss in losses),
+                ", ".join(str(h) for h in horizons),
+                trial.validation_loss,
                 trial.seconds,
             )
 
@@ -189,7 +220,7 @@ def calibrate_output_scale(
         "source_output_scale": loaded.config.output_scale,
         "chosen_output_scale": best.output_scale,
         "validation_tasks": config.validation_tasks,
-        "validation_horizon": config.validation_horizon or config.horizon,
+        "horizons": horizons,
         "seed": config.seed,
         # Data set, networks and validation split the scores come from.
         "meta_train_config": config.replace(out="").to_dict(),
@@ -279,11 +310,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="fresh networks trained per scale (default: the run's)",
     )
     parser.add_argument(
-        "--horizon",
-        type=_positive_int,
-        metavar="STEPS",
-        help="training steps of each validation network (default: the run's "
-        "validation horizon)",
+        "--horizons",
+        type=_int_list,
+        metavar="LIST",
+        help="comma-separated step counts after which each validation network "
+        "is scored, e.g. 100,1000; a scale's score is the mean loss over them "
+        "(default: the run's validation horizon)",
     )
     parser.add_argument(
         "--seed",
@@ -321,6 +353,18 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        values = []
+    if not values or values != sorted(set(values)) or values[0] < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected increasing positive step counts such as 100,1000, got {text!r}"
+        )
+    return values
+
+
 def _float_list(text: str) -> list[float]:
     try:
         return [float(part) for part in text.split(",") if part.strip()]
@@ -343,7 +387,7 @@ def run(args: argparse.Namespace) -> int:
             args.scales,
             config=config,
             validation_tasks=args.validation_tasks,
-            horizon=args.horizon,
+            horizons=args.horizons,
             seed=args.seed,
             data_dir=args.data_dir,
             device=args.device,
@@ -356,14 +400,17 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("slstm calibrate: interrupted; nothing was written", file=sys.stderr)
         return 130
-    print("| output scale | validation loss | validation error |")
-    print("|---:|---:|---:|")
+    horizons = result.trials[0].horizons
+    columns = "".join(f" loss @{h} | error @{h} |" for h in horizons)
+    print(f"| output scale |{columns} mean loss |")
+    print("|---:|" + "---:|---:|" * len(horizons) + "---:|")
     for trial in result.trials:
         mark = " (best)" if trial.output_scale == result.best_scale else ""
-        print(
-            f"| {trial.output_scale!r}{mark} | {trial.validation_loss:.4f} | "
-            f"{100 * trial.validation_error:.2f} % |"
+        cells = "".join(
+            f" {loss:.4f} | {100 * error:.2f} % |"
+            for loss, error in zip(trial.losses, trial.errors, strict=True)
         )
+        print(f"| {trial.output_scale!r}{mark} |{cells} {trial.validation_loss:.4f} |")
     if result.out is not None:
         print(f"wrote {result.out} with output scale {result.best_scale!r}")
     return 0

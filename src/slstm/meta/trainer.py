@@ -398,20 +398,41 @@ class MetaTrainer:
         split. A run that diverges counts as loss ``inf`` and error 1.
         """
         config = self.config
-        steps = config.validation_horizon or config.horizon
-        losses, errors = [], []
-        for index in range(config.validation_tasks):
+        return self.validate_at([config.validation_horizon or config.horizon])[0]
+
+    def validate_at(self, horizons) -> list[tuple[float, float]]:
+        """Like :meth:`validate`, scoring each network after each of ``horizons``
+        steps (increasing) of one run; returns one ``(loss, error)`` per horizon.
+
+        A run that diverges counts as loss ``inf`` and error 1 from then on.
+        """
+        horizons = list(horizons)
+        if not horizons or horizons != sorted(set(horizons)) or horizons[0] < 1:
+            raise ValueError(
+                f"horizons must be increasing positive step counts, got {horizons}"
+            )
+        losses = [[] for _ in horizons]
+        errors = [[] for _ in horizons]
+        for index in range(self.config.validation_tasks):
             task = self.sampler.validation_task(index)
             optimizee = self.make_optimizee(task, "validation")
-            if optimizee.diverged or not self._frozen_run(optimizee, steps):
-                losses.append(math.inf)
-                errors.append(1.0)
-                continue
             split = self.data.split("validation", task.classes)
-            loss, error = evaluate_split(optimizee, split, self.device)
-            losses.append(loss)
-            errors.append(error)
-        return sum(losses) / len(losses), sum(errors) / len(errors)
+            alive = not optimizee.diverged
+            done = 0
+            for slot, horizon in enumerate(horizons):
+                alive = alive and self._frozen_run(optimizee, horizon - done)
+                done = horizon
+                if not alive:
+                    losses[slot].append(math.inf)
+                    errors[slot].append(1.0)
+                    continue
+                loss, error = evaluate_split(optimizee, split, self.device)
+                losses[slot].append(loss)
+                errors[slot].append(error)
+        return [
+            (sum(slot_losses) / len(slot_losses), sum(slot_errors) / len(slot_errors))
+            for slot_losses, slot_errors in zip(losses, errors, strict=True)
+        ]
 
     # ----------------------------------------------------------------- the run
 
