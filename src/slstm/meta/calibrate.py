@@ -1,13 +1,15 @@
 """Choose a learned optimizer's output scale on held-out validation tasks.
 
-A meta-trained update network proposes ``update = output_scale * readout(h)``.
-Truncated meta-training tends to settle on steps that are too short for the
-horizon the optimizer is later run for, so the scale is worth tuning after
-meta-training, the way a baseline's learning rate is tuned. Each candidate scale
-is scored like ``slstm meta-train`` scores its checkpoints: fresh networks from
-the run's validation tasks are trained with the frozen update networks on the
-held-out validation split, and their final loss is averaged. Nothing is
-meta-trained here, and the test split is never read.
+A meta-trained update network proposes ``update = output_scale * readout(h)``,
+so the scale acts as a learning rate on top of what meta-training learned, and
+it can be tuned afterwards, the way a baseline's learning rate is. Each
+candidate scale is scored like ``slstm meta-train`` scores its checkpoints:
+fresh networks from the run's validation tasks are trained with the frozen
+update networks on the held-out validation split, and their losses are
+averaged, here after each of several horizons of one run. A scale that is best
+at the meta-training horizon can stall or collapse in longer runs, which is why
+more than one horizon can take part. Nothing is meta-trained here, and the test
+split is never read.
 
     slstm calibrate slstm-fashion-mnist --scales 0.1,0.2,0.3 --horizons 100,1000 \
         --out calibrated.pt
