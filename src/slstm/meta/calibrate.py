@@ -3,10 +3,10 @@
 A meta-trained update network proposes ``update = output_scale * readout(h)``,
 so the scale acts as a learning rate on top of what meta-training learned, and
 it can be tuned afterwards, the way a baseline's learning rate is. Each
-candidate scale is scored like ``slstm meta-train`` scores its checkpoints:
-fresh networks from the run's validation tasks are trained with the frozen
-update networks on the held-out validation split, and their losses are
-averaged, here after each of several horizons of one run. A scale that is best
+candidate scale is scored like ``slstm meta-train`` scores its checkpoints.
+Fresh networks from the run's validation tasks are trained with the frozen
+update networks on the held-out validation split. Their losses are averaged,
+here after each of several horizons of one run. A scale that is best
 at the meta-training horizon can stall or collapse in longer runs, which is why
 more than one horizon can take part. Nothing is meta-trained here, and the test
 split is never read.
@@ -38,7 +38,7 @@ class ScaleTrial:
     """Validation result of one output scale.
 
     ``validation_loss`` and ``validation_error`` are means over the validation
-    networks and over the horizons; ``losses`` and ``errors`` hold the means
+    networks and over the horizons. ``losses`` and ``errors`` contain the means
     over the networks at each horizon, in the order of ``horizons``.
     """
 
@@ -102,8 +102,8 @@ def calibrate_output_scale(
             carves the validation split, so another seed than the run's may
             validate on images it meta-trained on.
         horizons: increasing step counts after which each validation network
-            is scored within one run; a scale's score is the mean loss over
-            them (default: the configuration's validation horizon). Scoring
+            is scored within one run (default: the configuration's validation
+            horizon). A scale's score is the mean loss over them. Scoring
             at a long horizon as well guards against a scale that is best at
             the meta-training horizon but stalls or collapses later.
         data_dir: directory of the data set's files, overriding the
@@ -132,7 +132,7 @@ def calibrate_output_scale(
     changes = {
         "init": None,
         "search": 0,
-        # The checkpoint's own networks are scored, whatever the config says.
+        # The checkpoint's own architecture is scored, not the configuration's.
         "optimizer": "slstm" if "hessian" in loaded.config.inputs else "lstm",
         "hidden_size": loaded.config.hidden_size,
         "num_layers": loaded.config.num_layers,

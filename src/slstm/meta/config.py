@@ -266,7 +266,7 @@ class MetaTrainConfig:
             ) from None
         if not isinstance(values, dict):
             raise ValueError(
-                f"{str(path)!r} holds a JSON {type(values).__name__}, not an object "
+                f"{str(path)!r} contains a JSON {type(values).__name__}, not an object "
                 "of meta-training options"
             )
         return cls.from_dict(values)
