@@ -26,8 +26,6 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import torch
-
 from slstm.meta.config import MetaTrainConfig
 
 logger = logging.getLogger("slstm.meta")
@@ -114,7 +112,13 @@ def calibrate_output_scale(
         out: where to write the checkpoint with the best scale; its provenance
             is the original one plus an ``output_scale_calibration`` record.
     """
-    from slstm.meta.trainer import MetaTrainer
+    from slstm.meta.trainer import (
+        MetaTrainer,
+        check_horizons,
+        copy_update_nets,
+        learned_optimizer_config,
+        learned_optimizer_options,
+    )
     from slstm.optim import load_checkpoint, save_checkpoint
 
     scales = _check_scales(scales)
@@ -129,16 +133,8 @@ def calibrate_output_scale(
                 "provenance; pass the config.json of the run that trained it"
             )
         config = MetaTrainConfig.from_dict(saved)
-    changes = {
-        "init": None,
-        "search": 0,
-        # The checkpoint's own architecture is scored, not the configuration's.
-        "optimizer": "slstm" if "hessian" in loaded.config.inputs else "lstm",
-        "hidden_size": loaded.config.hidden_size,
-        "num_layers": loaded.config.num_layers,
-        "preprocess_p": loaded.config.preprocess_p,
-        "curvature_method": loaded.config.curvature_method,
-    }
+    # The checkpoint's own architecture is scored, not the configuration's.
+    changes = {"init": None, "search": 0, **learned_optimizer_options(loaded.config)}
     if threads is not None:
         changes["num_threads"] = threads
     if validation_tasks is not None:
@@ -157,13 +153,7 @@ def calibrate_output_scale(
         )
     if horizons is None:
         horizons = [config.validation_horizon or config.horizon]
-    horizons = [int(h) for h in horizons]
-    if not horizons or horizons != sorted(set(horizons)) or horizons[0] < 1:
-        raise ValueError(
-            f"horizons must be increasing positive step counts, got {horizons}"
-        )
-    from slstm.meta.trainer import learned_optimizer_config
-
+    horizons = check_horizons(horizons)
     expected = replace(
         learned_optimizer_config(config), output_scale=loaded.config.output_scale
     )
@@ -185,7 +175,7 @@ def calibrate_output_scale(
                 data=data,
             )
             data = trainer.data
-            _copy_weights(loaded, trainer.nets)
+            copy_update_nets(loaded.nets, trainer.nets, loaded.config.kinds)
             # Timed after the data set is loaded, which the first scale does.
             started = time.perf_counter()
             scores = trainer.validate_at(horizons)
@@ -273,12 +263,6 @@ def _check_out(out) -> Path:
     return out
 
 
-def _copy_weights(loaded, nets) -> None:
-    with torch.no_grad():
-        for kind in loaded.config.kinds:
-            nets[kind].load_state_dict(loaded.nets[kind].state_dict())
-
-
 # ---------------------------------------------------------------- command line
 
 
@@ -356,15 +340,14 @@ def _positive_int(text: str) -> int:
 
 
 def _int_list(text: str) -> list[int]:
+    from slstm.meta.trainer import check_horizons
+
     try:
-        values = [int(part) for part in text.split(",") if part.strip()]
+        return check_horizons(part for part in text.split(",") if part.strip())
     except ValueError:
-        values = []
-    if not values or values != sorted(set(values)) or values[0] < 1:
         raise argparse.ArgumentTypeError(
             f"expected increasing positive step counts such as 100,1000, got {text!r}"
-        )
-    return values
+        ) from None
 
 
 def _float_list(text: str) -> list[float]:

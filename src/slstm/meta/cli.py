@@ -314,17 +314,10 @@ def config_from_args(args: argparse.Namespace) -> MetaTrainConfig:
 
 def init_options(checkpoint: str) -> dict:
     """Return the learned-optimizer options of the checkpoint ``--init`` names."""
+    from slstm.meta.trainer import learned_optimizer_options
     from slstm.optim import load_checkpoint
 
-    config = load_checkpoint(checkpoint).config
-    return {
-        "optimizer": "slstm" if "hessian" in config.inputs else "lstm",
-        "hidden_size": config.hidden_size,
-        "num_layers": config.num_layers,
-        "preprocess_p": config.preprocess_p,
-        "output_scale": config.output_scale,
-        "curvature_method": config.curvature_method,
-    }
+    return learned_optimizer_options(load_checkpoint(checkpoint).config)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -406,11 +406,7 @@ class MetaTrainer:
 
         A run that diverges counts as loss ``inf`` and error 1 from then on.
         """
-        horizons = list(horizons)
-        if not horizons or horizons != sorted(set(horizons)) or horizons[0] < 1:
-            raise ValueError(
-                f"horizons must be increasing positive step counts, got {horizons}"
-            )
+        horizons = check_horizons(horizons)
         losses = [[] for _ in horizons]
         errors = [[] for _ in horizons]
         for index in range(self.config.validation_tasks):
@@ -894,6 +890,40 @@ def _ordered_batches(split, batch_size, device):
         yield inputs.to(device), targets.to(device)
 
 
+def check_horizons(horizons) -> list[int]:
+    """Return ``horizons`` as a list; ValueError unless it is strictly increasing
+    positive step counts."""
+    horizons = [int(h) for h in horizons]
+    if not horizons or horizons != sorted(set(horizons)) or horizons[0] < 1:
+        raise ValueError(
+            f"horizons must be increasing positive step counts, got {horizons}"
+        )
+    return horizons
+
+
+def learned_optimizer_options(optimizer_config) -> dict:
+    """Return the meta-training options that rebuild ``optimizer_config``.
+
+    The inverse of :func:`learned_optimizer_config` for the lstm and slstm
+    presets: ``optimizer`` is ``"slstm"`` when the inputs include the Hessian.
+    """
+    return {
+        "optimizer": "slstm" if "hessian" in optimizer_config.inputs else "lstm",
+        "hidden_size": optimizer_config.hidden_size,
+        "num_layers": optimizer_config.num_layers,
+        "preprocess_p": optimizer_config.preprocess_p,
+        "output_scale": optimizer_config.output_scale,
+        "curvature_method": optimizer_config.curvature_method,
+    }
+
+
+def copy_update_nets(source, nets, kinds) -> None:
+    """Copy the weights of ``source[kind]`` into ``nets[kind]`` for each kind."""
+    with torch.no_grad():
+        for kind in kinds:
+            nets[kind].load_state_dict(source[kind].state_dict())
+
+
 def learned_optimizer_config(config: MetaTrainConfig):
     """Build the :class:`slstm.optim.LearnedOptimizerConfig` a run meta-trains."""
     from slstm.optim import LearnedOptimizerConfig
@@ -950,9 +980,7 @@ def load_initial_weights(nets, optimizer_config, checkpoint: str):
                     f"{where}: its {kind} network's {weight_name} contains NaN or "
                     "infinite values; start from another checkpoint"
                 )
-    with torch.no_grad():
-        for kind in optimizer_config.kinds:
-            nets[kind].load_state_dict(loaded.nets[kind].state_dict())
+    copy_update_nets(loaded.nets, nets, optimizer_config.kinds)
     return loaded
 
 
