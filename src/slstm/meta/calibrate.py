@@ -152,7 +152,7 @@ def calibrate_output_scale(
             "--config with a run whose validation is a positive count or fraction"
         )
     if horizons is None:
-        horizons = [config.validation_horizon or config.horizon]
+        horizons = config.validation_horizons
     horizons = check_horizons(horizons)
     expected = replace(
         learned_optimizer_config(config), output_scale=loaded.config.output_scale

@@ -17,7 +17,12 @@ import os
 import sys
 from pathlib import Path
 
-from slstm.meta.config import META_LOSSES, OPTIMIZER_KINDS, MetaTrainConfig
+from slstm.meta.config import (
+    META_LOSSES,
+    OPTIMIZER_KINDS,
+    MetaTrainConfig,
+    parse_horizon_schedule,
+)
 from slstm.meta.config import parse_net_sizes as _parse_net_sizes
 
 
@@ -74,6 +79,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         metavar="N",
         help=f"optimizee steps per episode (default: {defaults.horizon})",
+    )
+    unroll.add_argument(
+        "--horizon-schedule",
+        type=_horizon_schedule,
+        metavar="E:N,...",
+        help="a curriculum over horizons: from episode E (counted from 0) on, "
+        "episodes have N steps, e.g. 20:200,60:400; before the first E they have "
+        "--horizon steps",
     )
     unroll.add_argument(
         "--unroll",
@@ -201,9 +214,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     run.add_argument(
         "--validation-horizon",
-        type=int,
-        metavar="N",
-        help="steps of each validation run (default: --horizon)",
+        type=_validation_horizon,
+        metavar="N[,N...]",
+        help="steps of each validation run (default: --horizon); with several "
+        "increasing counts, e.g. 100,1000, each network is scored after each and "
+        "best.pt is chosen by the mean loss",
     )
     run.add_argument(
         "--checkpoint-every",
@@ -273,6 +288,27 @@ def _net_sizes(text: str) -> dict:
         return _parse_net_sizes(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _horizon_schedule(text: str) -> list[list[int]] | None:
+    try:
+        return parse_horizon_schedule(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _validation_horizon(text: str) -> int | list[int]:
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    try:
+        counts = [int(part) for part in parts]
+    except ValueError:
+        counts = []
+    if not counts or any(c < 1 for c in counts) or counts != sorted(set(counts)):
+        raise argparse.ArgumentTypeError(
+            f"expected a step count or increasing step counts such as 100,1000, "
+            f"got {text!r}"
+        )
+    return counts[0] if len(counts) == 1 else counts
 
 
 def _config_fields() -> list[str]:

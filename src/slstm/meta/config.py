@@ -31,6 +31,10 @@ class MetaTrainConfig:
             many classes (relabelled ``0..k-1``); None uses every class.
         episodes: meta-training episodes per process.
         horizon: inner optimisation steps per episode.
+        horizon_schedule: a curriculum over horizons, as ``[episode, steps]``
+            pairs with increasing episodes: from episode ``episode`` (counted
+            from 0) on, episodes have ``steps`` steps. Before the first pair
+            they have ``horizon``. None keeps ``horizon`` throughout.
         unroll: steps per truncation ``T``; the update networks get one
             meta-update per truncation.
         batch_size: minibatch size of the optimizee.
@@ -51,7 +55,12 @@ class MetaTrainConfig:
             loss is non-finite or above this factor times its initial loss.
         validate_every: episodes between validations (0 disables them).
         validation_tasks: fresh networks trained per validation.
-        validation_horizon: steps of each validation run (None: ``horizon``).
+        validation_horizon: steps of each validation run (None: ``horizon``),
+            or an increasing list of step counts. With a list, each network is
+            scored after each count within one run, and the validation loss
+            that chooses ``best.pt`` is the mean over the counts and networks,
+            so an optimizer that is good at the meta-training horizon but
+            stalls later is not chosen.
         checkpoint_every: episodes between checkpoints (one is also written
             at exit).
         curvature_method: how SLSTM's diagonal Hessian is computed
@@ -81,6 +90,7 @@ class MetaTrainConfig:
     task_classes: int | None = None
     episodes: int = 100
     horizon: int = 100
+    horizon_schedule: list | None = None
     unroll: int = 20
     batch_size: int = 128
     seed: int = 0
@@ -93,7 +103,7 @@ class MetaTrainConfig:
     divergence_factor: float = 10.0
     validate_every: int = 10
     validation_tasks: int = 2
-    validation_horizon: int | None = None
+    validation_horizon: int | list[int] | None = None
     checkpoint_every: int = 5
     curvature_method: str = "becker-lecun"
     output_scale: float = 0.1
@@ -131,8 +141,14 @@ class MetaTrainConfig:
                 raise ValueError(f"{name} must be an int >= 0, got {value!r}")
         _require_positive_int("validation_tasks", self.validation_tasks)
         _require_positive_int("search_episodes", self.search_episodes)
-        if self.validation_horizon is not None:
+        if isinstance(self.validation_horizon, list | tuple):
+            self.validation_horizon = _increasing_step_counts(
+                "validation_horizon", self.validation_horizon
+            )
+        elif self.validation_horizon is not None:
             _require_positive_int("validation_horizon", self.validation_horizon)
+        if self.horizon_schedule is not None:
+            self.horizon_schedule = _horizon_schedule(self.horizon_schedule)
         if self.task_classes is not None:
             _require_positive_int("task_classes", self.task_classes)
             if self.task_classes < 2:
@@ -191,7 +207,28 @@ class MetaTrainConfig:
 
     @property
     def truncations_per_episode(self) -> int:
-        return math.ceil(self.horizon / self.unroll)
+        """Truncations of an episode of ``horizon`` steps (the first episode)."""
+        return self.truncations_at(0)
+
+    def horizon_at(self, episode: int) -> int:
+        """Steps of episode ``episode`` (from 0) under ``horizon_schedule``."""
+        steps = self.horizon
+        for start, scheduled in self.horizon_schedule or ():
+            if episode >= start:
+                steps = scheduled
+        return steps
+
+    def truncations_at(self, episode: int) -> int:
+        return math.ceil(self.horizon_at(episode) / self.unroll)
+
+    @property
+    def validation_horizons(self) -> list[int]:
+        """The step counts after which validation scores each network."""
+        if self.validation_horizon is None:
+            return [self.horizon]
+        if isinstance(self.validation_horizon, list):
+            return list(self.validation_horizon)
+        return [self.validation_horizon]
 
     def step_weights(self, length: int | None = None) -> list[float]:
         """Return ``w_1 .. w_T`` for a truncation of ``length`` steps (default T).
@@ -278,6 +315,64 @@ class MetaTrainConfig:
 def _require_positive_int(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _increasing_step_counts(name: str, values) -> list[int]:
+    values = list(values)
+    for value in values:
+        _require_positive_int(name, value)
+    if not values or values != sorted(set(values)):
+        raise ValueError(
+            f"{name} must be increasing step counts such as [100, 1000], got {values}"
+        )
+    return values
+
+
+def _horizon_schedule(schedule) -> list[list[int]]:
+    """Check ``[[episode, steps], ...]``; return it as a list of lists."""
+    example = "[[20, 200], [60, 400]] (from episode 20: 200 steps; from 60: 400)"
+    try:
+        pairs = [list(pair) for pair in schedule]
+    except TypeError:
+        pairs = None
+    if not pairs or any(len(pair) != 2 for pair in pairs):
+        raise ValueError(
+            f"horizon_schedule must be [episode, steps] pairs such as {example}, "
+            f"got {schedule!r}"
+        )
+    for episode, steps in pairs:
+        if isinstance(episode, bool) or not isinstance(episode, int) or episode < 0:
+            raise ValueError(
+                f"horizon_schedule episodes must be ints >= 0, got {episode!r} in "
+                f"{schedule!r}"
+            )
+        _require_positive_int("horizon_schedule steps", steps)
+    episodes = [episode for episode, _ in pairs]
+    if episodes != sorted(set(episodes)):
+        raise ValueError(
+            f"horizon_schedule episodes must increase, got {episodes}; write the "
+            f"pairs in order, e.g. {example}"
+        )
+    return pairs
+
+
+def parse_horizon_schedule(text: str | None) -> list[list[int]] | None:
+    """Parse ``"20:200,60:400"`` into ``[[20, 200], [60, 400]]``."""
+    if text is None or not text.strip():
+        return None
+    pairs = []
+    for item in text.split(","):
+        episode, sep, steps = item.strip().partition(":")
+        try:
+            if not sep:
+                raise ValueError
+            pairs.append([int(episode), int(steps)])
+        except ValueError:
+            raise ValueError(
+                f"invalid horizon schedule entry {item.strip()!r} in {text!r}; write "
+                "EPISODE:STEPS pairs separated by commas, e.g. 20:200,60:400"
+            ) from None
+    return _horizon_schedule(pairs)
 
 
 def parse_net_sizes(text: str | None) -> dict:

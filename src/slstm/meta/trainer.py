@@ -210,6 +210,8 @@ class MetaTrainer:
         self.best_validation_loss = math.inf
         self.best_episode: int | None = None
         self.last_validation: tuple[float, float] | None = None
+        # (loss, error) per validation horizon of the last validation.
+        self.last_validation_by_horizon: list[tuple[float, float]] = []
         self.validated_episode = -1
         # Totals over the ranks, as rank 0 logs them.
         self._totals = {"diverged": 0, "nonfinite": 0, "inner_steps": 0}
@@ -332,8 +334,9 @@ class MetaTrainer:
         nonfinite_before = self.counters.nonfinite
         optimizee = self.start_episode(episode)
         meta_losses = []
-        for index in range(config.truncations_per_episode):
-            steps = min(config.unroll, config.horizon - index * config.unroll)
+        horizon = config.horizon_at(episode)
+        for index in range(config.truncations_at(episode)):
+            steps = min(config.unroll, horizon - index * config.unroll)
             if optimizee.diverged:
                 if not self.context.active:
                     break
@@ -395,10 +398,15 @@ class MetaTrainer:
 
         Returns the mean over ``validation_tasks`` networks of the loss and the
         classification error of their final parameters on the whole validation
-        split. A run that diverges counts as loss ``inf`` and error 1.
+        split. A run that diverges counts as loss ``inf`` and error 1. With
+        several validation horizons, both are also averaged over the horizons
+        (each network is scored after each of them within one run).
         """
-        config = self.config
-        return self.validate_at([config.validation_horizon or config.horizon])[0]
+        scores = self.validate_at(self.config.validation_horizons)
+        self.last_validation_by_horizon = scores
+        loss = sum(loss for loss, _ in scores) / len(scores)
+        error = sum(error for _, error in scores) / len(scores)
+        return loss, error
 
     def validate_at(self, horizons) -> list[tuple[float, float]]:
         """Like :meth:`validate`, scoring each network after each of ``horizons``
@@ -607,9 +615,23 @@ class MetaTrainer:
             self.best_validation_loss = loss
             self.best_episode = self.counters.episode
             self._save_optimizer(self.out / "best.pt")
+        horizons = self.config.validation_horizons
+        detail = ""
+        if len(horizons) > 1:
+            detail = (
+                " (mean of "
+                + ", ".join(
+                    f"{h_loss:.4f} / {100 * h_error:.2f}% @{steps}"
+                    for steps, (h_loss, h_error) in zip(
+                        horizons, self.last_validation_by_horizon, strict=True
+                    )
+                )
+                + ")"
+            )
         message = (
             f"validation after episode {self.counters.episode}: loss {loss:.4f}, "
-            f"error {100 * error:.2f}% ({time.perf_counter() - started:.1f} s)"
+            f"error {100 * error:.2f}%{detail} "
+            f"({time.perf_counter() - started:.1f} s)"
             + (", new best" if improved else f", best {self.best_validation_loss:.4f}")
         )
         if bar is not None:
@@ -731,6 +753,14 @@ class MetaTrainer:
                 self.best_validation_loss if self.best_episode is not None else None
             ),
             "best_episode": self.best_episode,
+            "validation_by_horizon": {
+                str(steps): {"loss": loss, "error": error}
+                for steps, (loss, error) in zip(
+                    self.config.validation_horizons,
+                    self.last_validation_by_horizon,
+                    strict=False,
+                )
+            },
             "init": self.init_provenance,
         }
 

@@ -1,0 +1,165 @@
+"""Horizon curricula and validation at several horizons."""
+
+import math
+
+import pytest
+import torch
+
+from slstm.cli import main
+from slstm.meta import MetaTrainConfig, MetaTrainer, meta_train
+from slstm.meta.config import parse_horizon_schedule
+from slstm.meta.metrics import read_metrics
+from slstm.optim import load_checkpoint
+
+from .conftest import TINY_ARGS
+
+
+def test_horizon_at_follows_schedule():
+    config = MetaTrainConfig(horizon=100, horizon_schedule=[[2, 200], [5, 400]])
+    assert [config.horizon_at(e) for e in range(7)] == [
+        100,
+        100,
+        200,
+        200,
+        200,
+        400,
+        400,
+    ]
+    assert config.truncations_at(0) == 5 and config.truncations_at(5) == 20
+    assert config.truncations_per_episode == 5
+    assert MetaTrainConfig(horizon=30).horizon_at(1000) == 30
+
+
+def test_schedule_from_episode_zero_replaces_horizon():
+    config = MetaTrainConfig(horizon=100, horizon_schedule=[[0, 50]])
+    assert config.horizon_at(0) == 50
+
+
+@pytest.mark.parametrize(
+    "schedule, message",
+    [
+        ([[5, 200], [2, 400]], "episodes must increase"),
+        ([[2, 200], [2, 400]], "episodes must increase"),
+        ([[-1, 200]], "episodes must be ints >= 0"),
+        ([[2, 0]], "horizon_schedule steps must be a positive int"),
+        ([[2, 200, 3]], r"\[episode, steps\] pairs"),
+        ([], r"\[episode, steps\] pairs"),
+        (7, r"\[episode, steps\] pairs"),
+    ],
+)
+def test_config_rejects_bad_schedules(schedule, message):
+    with pytest.raises(ValueError, match=message):
+        MetaTrainConfig(horizon_schedule=schedule)
+
+
+def test_parse_horizon_schedule():
+    assert parse_horizon_schedule("20:200, 60:400") == [[20, 200], [60, 400]]
+    assert parse_horizon_schedule("") is None
+    for text in ("20-200", "a:200", "20:"):
+        with pytest.raises(ValueError, match="EPISODE:STEPS"):
+            parse_horizon_schedule(text)
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ([1000, 100], "increasing step counts"),
+        ([100, 100], "increasing step counts"),
+        ([], "increasing step counts"),
+        ([100, 0], "must be a positive int"),
+        (0, "must be a positive int"),
+    ],
+)
+def test_config_rejects_bad_validation_horizons(value, message):
+    with pytest.raises(ValueError, match=message):
+        MetaTrainConfig(validation_horizon=value)
+
+
+def test_validation_horizons_default_and_json_round_trip():
+    assert MetaTrainConfig(horizon=30).validation_horizons == [30]
+    assert MetaTrainConfig(validation_horizon=7).validation_horizons == [7]
+    config = MetaTrainConfig(
+        validation_horizon=(100, 1000), horizon_schedule=[(3, 200)]
+    )
+    assert config.validation_horizon == [100, 1000]
+    assert MetaTrainConfig.from_json(config.to_json()) == config
+
+
+def test_episodes_follow_the_schedule(tiny_config):
+    config = tiny_config(
+        episodes=4, horizon=6, unroll=5, horizon_schedule=[[1, 10], [3, 14]]
+    )
+    trainer = MetaTrainer(config, progress=False)
+    steps = [trainer.train_episode(episode).inner_steps for episode in range(4)]
+    assert steps == [6, 10, 10, 14]
+    # 2 + 2 + 2 + 3 truncations, one meta-update each.
+    assert trainer.counters.meta_steps == 9
+
+
+def _perturb(trainer):
+    # Fresh update networks output zero; make them move the parameters.
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in trainer.meta_params:
+            param.add_(0.1 * torch.randn(param.shape, generator=generator))
+
+
+def test_validation_score_is_the_mean_over_horizons(tiny_config):
+    trainer = MetaTrainer(tiny_config(validation_horizon=[4, 10]), progress=False)
+    _perturb(trainer)
+    by_horizon = trainer.validate_at([4, 10])
+    loss, error = trainer.validate()
+    assert loss == pytest.approx((by_horizon[0][0] + by_horizon[1][0]) / 2)
+    assert error == pytest.approx((by_horizon[0][1] + by_horizon[1][1]) / 2)
+    # Each horizon scores the same run at another point, not a fresh run.
+    assert by_horizon[0][0] != by_horizon[1][0]
+    assert trainer.last_validation_by_horizon == by_horizon
+    # A single horizon gives exactly validate_at's score.
+    single = MetaTrainer(tiny_config(validation_horizon=10), progress=False)
+    _perturb(single)
+    assert single.validate() == by_horizon[1]
+
+
+def test_best_checkpoint_records_each_horizon(tiny_config, caplog):
+    config = tiny_config(episodes=2, validate_every=1, validation_horizon=[3, 8])
+    with caplog.at_level("INFO", logger="slstm.meta"):
+        result = meta_train(config, progress=False)
+    # The log line gives each horizon's loss and error beside the mean.
+    assert "% @3, " in caplog.text and "% @8)" in caplog.text
+    provenance = load_checkpoint(result.best_checkpoint).provenance
+    scores = provenance["validation_by_horizon"]
+    assert list(scores) == ["3", "8"]
+    mean = (scores["3"]["loss"] + scores["8"]["loss"]) / 2
+    assert math.isclose(provenance["best_validation_loss"], mean)
+    rows = [r for r in read_metrics(result.out / "metrics.csv")]
+    best_row = min(
+        (r for r in rows if r["kind"] == "validation"),
+        key=lambda r: float(r["validation_loss"]),
+    )
+    assert math.isclose(float(best_row["validation_loss"]), mean)
+
+
+def test_cli_takes_schedule_and_horizons(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["meta-train", *TINY_ARGS, "--episodes", "3", "--validate-every",
+                 "3", "--horizon-schedule", "1:8,2:12",
+                 "--validation-horizon", "4,9", "--out", str(out)])  # fmt: skip
+    assert code == 0
+    config = MetaTrainConfig.load(out / "config.json")
+    assert config.horizon_schedule == [[1, 8], [2, 12]]
+    assert config.validation_horizon == [4, 9]
+    rows = read_metrics(out / "metrics.csv")
+    assert [int(r["inner_steps"]) for r in rows if r["kind"] == "episode"] == [
+        10, 18, 30
+    ]  # fmt: skip
+    assert "best checkpoint" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [("--horizon-schedule", "20-200"), ("--validation-horizon", "1000,100")],
+)
+def test_cli_rejects_bad_values_by_name(option, value, capsys):
+    with pytest.raises(SystemExit):
+        main(["meta-train", *TINY_ARGS, option, value])
+    assert option in capsys.readouterr().err
