@@ -7,7 +7,7 @@ import torch
 
 from slstm.cli import main
 from slstm.meta import meta_train
-from slstm.meta.calibrate import calibrate_output_scale
+from slstm.meta.calibrate import calibrate_output_scale, score_baseline
 from slstm.meta.metrics import read_metrics
 from slstm.optim import load_checkpoint
 
@@ -161,3 +161,47 @@ def test_score_is_mean_over_horizons(trained):
         assert trial.validation_loss == pytest.approx(sum(trial.losses) / 2)
     with pytest.raises(ValueError, match="increasing positive step counts"):
         calibrate_output_scale(out / "last.pt", [0.1], horizons=[12, 4])
+
+
+def _plain_sgd_losses(config, lr, steps):
+    """Reference: p <- p - lr * g by hand on each validation network."""
+    from slstm.meta import MetaTrainer
+    from slstm.meta.trainer import evaluate_split
+
+    trainer = MetaTrainer(config.replace(optimizer="lstm"), progress=False)
+    losses = []
+    for index in range(config.validation_tasks):
+        task = trainer.sampler.validation_task(index)
+        optimizee = trainer.make_optimizee(task, "validation")
+        for _ in range(steps):
+            optimizee.params = [
+                p - lr * g
+                for p, g in zip(optimizee.params, optimizee.current.grads, strict=True)
+            ]
+            optimizee.current = optimizee.evaluate(optimizee.params, keep_graph=False)
+        split = trainer.data.split("validation", task.classes)
+        losses.append(evaluate_split(optimizee, split, trainer.device)[0])
+    return sum(losses) / len(losses)
+
+
+def test_score_baseline_matches_hand_written_sgd(tiny_config):
+    config = tiny_config(validation_tasks=2)
+    scores = score_baseline("sgd", 0.05, config, [3, 7])
+    assert scores[0][0] == pytest.approx(_plain_sgd_losses(config, 0.05, 3), rel=1e-5)
+    assert scores[1][0] == pytest.approx(_plain_sgd_losses(config, 0.05, 7), rel=1e-5)
+    # Several horizons score one run: the later one equals a run scored once.
+    assert score_baseline("sgd", 0.05, config, [7])[0] == scores[1]
+    assert scores[1][0] < scores[0][0]
+
+
+def test_score_baseline_adam_and_divergence(tiny_config):
+    config = tiny_config(validation_tasks=1)
+    ((loss, error),) = score_baseline("adam", 1e-2, config, [5])
+    assert 0 < loss < 10 and 0 <= error <= 1
+    assert score_baseline("sgd", 1e6, config, [5]) == [(float("inf"), 1.0)]
+
+
+@pytest.mark.parametrize("name", ["slstm", "diagonal-newton", "lbfgs"])
+def test_score_baseline_rejects_other_optimizers(tiny_config, name):
+    with pytest.raises(ValueError, match="score_baseline takes one of"):
+        score_baseline(name, 0.1, tiny_config(), [3])

@@ -231,6 +231,77 @@ def calibrate_output_scale(
     return result
 
 
+def score_baseline(
+    name: str, lr: float, config: MetaTrainConfig, horizons=None
+) -> list[tuple[float, float]]:
+    """Score a ``torch.optim`` baseline on a run's validation networks.
+
+    The networks, minibatches and scoring are those of
+    :meth:`MetaTrainer.validate_at`, so the result sits beside a learned
+    optimizer's validation or calibration scores. ``name`` is ``"sgd"``,
+    ``"rmsprop"`` or ``"adam"`` and ``lr`` its learning rate. Returns the mean
+    ``(loss, error)`` over the networks after each of ``horizons`` (default: the
+    run's validation horizons); a network that diverges counts as loss ``inf``
+    and error 1 from then on.
+    """
+    import torch
+
+    from slstm.meta.trainer import MetaTrainer, check_horizons, evaluate_split
+    from slstm.optim import OPTIMIZERS
+
+    spec = OPTIMIZERS.get(name)
+    if spec is None or spec.learned or spec.needs_curvature:
+        plain = sorted(
+            n for n, s in OPTIMIZERS.items() if not s.learned and not s.needs_curvature
+        )
+        raise ValueError(
+            f"score_baseline takes one of {plain}, got {name!r}; score learned "
+            "optimizers with slstm calibrate"
+        )
+    horizons = check_horizons(
+        config.validation_horizons if horizons is None else horizons
+    )
+    losses = [[] for _ in horizons]
+    errors = [[] for _ in horizons]
+    with tempfile.TemporaryDirectory() as scratch:
+        # The gradient-only preset, so that no curvature is computed.
+        trainer = MetaTrainer(
+            config.replace(optimizer="lstm", out=scratch, init=None), progress=False
+        )
+        for index in range(config.validation_tasks):
+            task = trainer.sampler.validation_task(index)
+            optimizee = trainer.make_optimizee(task, "validation")
+            split = trainer.data.split("validation", task.classes)
+            params = [p.clone().requires_grad_(True) for p in optimizee.params]
+            optimizer = spec.make(params, lr)
+            alive = not optimizee.diverged
+            for slot, horizon in enumerate(horizons):
+                while alive and optimizee.step < horizon:
+                    with torch.no_grad():
+                        for param, grad in zip(
+                            params, optimizee.current.grads, strict=True
+                        ):
+                            param.grad = grad.detach().clone()
+                        optimizer.step()
+                    optimizee.params = [p.detach() for p in params]
+                    optimizee.current = optimizee.evaluate(
+                        optimizee.params, keep_graph=False
+                    )
+                    optimizee.step += 1
+                    alive = not optimizee.is_divergent(float(optimizee.current.loss))
+                if not alive:
+                    losses[slot].append(math.inf)
+                    errors[slot].append(1.0)
+                    continue
+                loss, error = evaluate_split(optimizee, split, trainer.device)
+                losses[slot].append(loss)
+                errors[slot].append(error)
+    return [
+        (sum(ls) / len(ls), sum(es) / len(es))
+        for ls, es in zip(losses, errors, strict=True)
+    ]
+
+
 def _check_scales(scales) -> list[float]:
     scales = [float(s) for s in scales]
     if not scales:
