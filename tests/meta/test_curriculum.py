@@ -25,7 +25,8 @@ def test_horizon_at_follows_schedule():
         400,
         400,
     ]
-    assert config.truncations_at(0) == 5 and config.truncations_at(5) == 20
+    assert config.truncations_at(0) == 5
+    assert config.truncations_at(5) == 20
     assert config.truncations_per_episode == 5
     assert MetaTrainConfig(horizon=30).horizon_at(1000) == 30
 

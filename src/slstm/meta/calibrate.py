@@ -239,10 +239,11 @@ def score_baseline(
     The networks, minibatches and scoring are those of
     :meth:`MetaTrainer.validate_at`, so the result sits beside a learned
     optimizer's validation or calibration scores. ``name`` is ``"sgd"``,
-    ``"rmsprop"`` or ``"adam"`` and ``lr`` its learning rate. Returns the mean
-    ``(loss, error)`` over the networks after each of ``horizons`` (default: the
-    run's validation horizons); a network that diverges counts as loss ``inf``
-    and error 1 from then on.
+    ``"rmsprop"`` or ``"adam"`` and ``lr`` its learning rate.
+
+    Returns one mean ``(loss, error)`` over the networks per entry of
+    ``horizons`` (default: the run's validation horizons). A network that
+    diverges counts as loss ``inf`` and error 1 from then on.
     """
     import torch
 
@@ -297,8 +298,8 @@ def score_baseline(
                 losses[slot].append(loss)
                 errors[slot].append(error)
     return [
-        (sum(ls) / len(ls), sum(es) / len(es))
-        for ls, es in zip(losses, errors, strict=True)
+        (sum(at_horizon) / len(at_horizon), sum(wrong) / len(wrong))
+        for at_horizon, wrong in zip(losses, errors, strict=True)
     ]
 
 

@@ -57,10 +57,10 @@ class MetaTrainConfig:
         validation_tasks: fresh networks trained per validation.
         validation_horizon: steps of each validation run (None: ``horizon``),
             or an increasing list of step counts. With a list, each network is
-            scored after each count within one run, and the validation loss
-            that chooses ``best.pt`` is the mean over the counts and networks,
-            so an optimizer that is good at the meta-training horizon but
-            stalls later is not chosen.
+            scored after each count within one run. The validation loss that
+            chooses ``best.pt`` is then the mean over the counts and networks.
+            An optimizer that is good at the meta-training horizon but stalls
+            later is then not chosen.
         checkpoint_every: episodes between checkpoints (one is also written
             at exit).
         curvature_method: how SLSTM's diagonal Hessian is computed

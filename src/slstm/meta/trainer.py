@@ -399,8 +399,8 @@ class MetaTrainer:
         Returns the mean over ``validation_tasks`` networks of the loss and the
         classification error of their final parameters on the whole validation
         split. A run that diverges counts as loss ``inf`` and error 1. With
-        several validation horizons, both are also averaged over the horizons
-        (each network is scored after each of them within one run).
+        several validation horizons, each network is scored after each of
+        them within one run, and both numbers are averaged over the horizons.
         """
         scores = self.validate_at(self.config.validation_horizons)
         self.last_validation_by_horizon = scores
