@@ -9,36 +9,57 @@ learned optimizer's. Nothing is meta-trained, and the test split is never read.
 """
 
 import argparse
-
-import torch
+import sys
 
 from slstm.meta.calibrate import score_baseline
-from slstm.meta.config import MetaTrainConfig
+from slstm.meta.config import MetaTrainConfig, parse_step_counts
 
 
-def main() -> None:
+def _step_counts(text: str) -> list[int]:
+    try:
+        return parse_step_counts(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", help="config.json of a meta-training run")
     parser.add_argument("--optimizer", default="adam", help="sgd, rmsprop or adam")
     parser.add_argument("--lr", type=float, required=True, help="learning rate")
-    parser.add_argument("--horizons", default=None, help="e.g. 100,1000")
-    parser.add_argument("--validation-tasks", type=int, default=None)
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--horizons",
+        type=_step_counts,
+        help="step counts after which each network is scored, e.g. 100,1000 "
+        "(default: the run's validation horizons)",
+    )
+    parser.add_argument(
+        "--validation-tasks", type=int, help="networks (default: the run's)"
+    )
+    parser.add_argument(
+        "--threads", type=int, help="torch CPU threads (default: the run's)"
+    )
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    config = MetaTrainConfig.load(args.config)
-    if args.validation_tasks:
-        config = config.replace(validation_tasks=args.validation_tasks)
-    horizons = [int(h) for h in args.horizons.split(",")] if args.horizons else None
-    horizons = horizons or config.validation_horizons
-    scores = score_baseline(args.optimizer, args.lr, config, horizons)
+    try:
+        config = MetaTrainConfig.load(args.config)
+        changes = {}
+        if args.validation_tasks is not None:
+            changes["validation_tasks"] = args.validation_tasks
+        if args.threads is not None:
+            changes["num_threads"] = args.threads
+        config = config.replace(**changes)
+        horizons = args.horizons or config.validation_horizons
+        scores = score_baseline(args.optimizer, args.lr, config, horizons)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"score_baseline.py: {error}", file=sys.stderr)
+        return 2
     print(f"{args.optimizer} lr {args.lr:g} on {config.validation_tasks} networks")
     print("| steps | validation loss | validation error |")
     print("|---:|---:|---:|")
     for steps, (loss, error) in zip(horizons, scores, strict=True):
         print(f"| {steps} | {loss:.4f} | {100 * error:.2f} % |")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -66,6 +66,14 @@ def test_meta_horizon_from_provenance():
     assert "SLSTM 80" in source
 
 
+def test_meta_horizon_takes_longest_curriculum_episode():
+    options = {"horizon": 100, "horizon_schedule": [[20, 200], [60, 400]]}
+    learned = {"slstm": random_source("slstm", {"meta_train_config": options})}
+    steps, source = meta_horizon(learned)
+    assert steps == 400
+    assert "SLSTM 400" in source
+
+
 def test_meta_horizon_assumed_without_provenance():
     steps, source = meta_horizon({"lstm": random_source()})
     assert steps == 100

@@ -1,6 +1,10 @@
 """Output-scale calibration: scores match meta-training's validation, files load."""
 
 import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +14,8 @@ from slstm.meta import meta_train
 from slstm.meta.calibrate import calibrate_output_scale, score_baseline
 from slstm.meta.metrics import read_metrics
 from slstm.optim import load_checkpoint
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 @pytest.fixture
@@ -199,6 +205,54 @@ def test_score_baseline_adam_and_divergence(tiny_config):
     ((loss, error),) = score_baseline("adam", 1e-2, config, [5])
     assert 0 < loss < 10 and 0 <= error <= 1
     assert score_baseline("sgd", 1e6, config, [5]) == [(float("inf"), 1.0)]
+
+
+@pytest.mark.parametrize("lr", [0, -1.0, float("nan"), float("inf"), True])
+def test_score_baseline_rejects_bad_lr(tiny_config, lr):
+    with pytest.raises(ValueError, match="lr must be"):
+        score_baseline("sgd", lr, tiny_config(), [3])
+
+
+@pytest.mark.parametrize("horizons", [[2.5, 5], ["3", "6"], [True, 5], [5, 3]])
+def test_score_baseline_rejects_bad_horizons(tiny_config, horizons):
+    with pytest.raises(ValueError, match="horizons must be"):
+        score_baseline("sgd", 0.1, tiny_config(), horizons)
+
+
+def test_score_baseline_restores_thread_count(tiny_config):
+    torch.set_num_threads(1)
+    score_baseline("sgd", 0.1, tiny_config(num_threads=2, validation_tasks=1), [2])
+    assert torch.get_num_threads() == 1
+
+
+def test_score_baseline_script(tmp_path, tiny_config):
+    config_path = tmp_path / "config.json"
+    config_path.write_text(tiny_config(validation_tasks=1).to_json())
+    script = Path(__file__).resolve().parents[2] / "scripts" / "score_baseline.py"
+    env = {**os.environ, "PYTHONPATH": SRC}
+
+    def run(*options):
+        command = [sys.executable, str(script), str(config_path), *options]
+        return subprocess.run(command, capture_output=True, text=True, env=env)
+
+    good = run("--optimizer", "adam", "--lr", "0.01", "--horizons", "3,6")
+    assert good.returncode == 0, good.stderr
+    assert "| 3 |" in good.stdout
+    assert "| 6 |" in good.stdout
+    for options, message in [
+        (("--optimizer", "lstm", "--lr", "0.1"), "score_baseline takes one of"),
+        (("--lr", "nan"), "lr must be a positive number"),
+        (("--lr", "0.1", "--validation-tasks", "0"), "validation_tasks must be"),
+        (("--lr", "0.1", "--threads", "-2"), "num_threads must be"),
+    ]:
+        bad = run(*options)
+        assert bad.returncode == 2, options
+        assert message in bad.stderr, bad.stderr
+        assert "Traceback" not in bad.stderr
+    config_path.unlink()
+    missing = run("--lr", "0.1")
+    assert missing.returncode == 2
+    assert "is not a file" in missing.stderr
 
 
 @pytest.mark.parametrize("name", ["slstm", "diagonal-newton", "lbfgs"])

@@ -7,7 +7,7 @@ import torch
 
 from slstm.cli import main
 from slstm.meta import MetaTrainConfig, MetaTrainer, meta_train
-from slstm.meta.config import parse_horizon_schedule
+from slstm.meta.config import parse_horizon_schedule, parse_step_counts
 from slstm.meta.metrics import read_metrics
 from slstm.optim import load_checkpoint
 
@@ -55,10 +55,30 @@ def test_config_rejects_bad_schedules(schedule, message):
 
 def test_parse_horizon_schedule():
     assert parse_horizon_schedule("20:200, 60:400") == [[20, 200], [60, 400]]
-    assert parse_horizon_schedule("") is None
-    for text in ("20-200", "a:200", "20:"):
-        with pytest.raises(ValueError, match="EPISODE:STEPS"):
+    # Errors name the command-line form, not the JSON one.
+    for text in ("20-200", "a:200", "20:", "", "20:200,", "60:400,20:200", "5:0"):
+        with pytest.raises(ValueError, match="EPISODE:STEPS pairs"):
             parse_horizon_schedule(text)
+
+
+def test_parse_step_counts():
+    assert parse_step_counts("100, 1000") == [100, 1000]
+    for text in ("100,", "100,,1000", "1000,100", "0", "5.5", "abc", ""):
+        with pytest.raises(ValueError, match="increasing positive step counts"):
+            parse_step_counts(text)
+
+
+def test_huge_horizon_counts_truncations_exactly():
+    steps = 10**400
+    config = MetaTrainConfig(unroll=3, horizon_schedule=[[1, steps]])
+    assert config.truncations_at(1) == steps // 3 + 1
+    assert config.longest_horizon == steps
+
+
+def test_one_validation_horizon_is_stored_as_int():
+    assert MetaTrainConfig(validation_horizon=[12]) == MetaTrainConfig(
+        validation_horizon=12
+    )
 
 
 @pytest.mark.parametrize(
@@ -156,9 +176,33 @@ def test_cli_takes_schedule_and_horizons(tmp_path, capsys):
     assert "best checkpoint" in capsys.readouterr().out
 
 
+def test_resume_keeps_scores_by_horizon(tiny_config):
+    config = tiny_config(
+        episodes=2, validate_every=1, checkpoint_every=1, validation_horizon=[3, 8]
+    )
+    result = meta_train(config, progress=False)
+    saved = load_checkpoint(result.last_checkpoint).provenance
+    assert list(saved["validation_by_horizon"]) == ["3", "8"]
+    trainer = MetaTrainer(config.replace(episodes=3), progress=False)
+    trainer._resume()
+    assert (
+        trainer.provenance()["validation_by_horizon"] == saved["validation_by_horizon"]
+    )
+
+
+def test_no_scores_by_horizon_before_validation(tiny_config):
+    trainer = MetaTrainer(tiny_config(validation_horizon=[3, 8]), progress=False)
+    assert trainer.provenance()["validation_by_horizon"] == {}
+
+
 @pytest.mark.parametrize(
     "option, value",
-    [("--horizon-schedule", "20-200"), ("--validation-horizon", "1000,100")],
+    [
+        ("--horizon-schedule", "20-200"),
+        ("--horizon-schedule", "20:200,"),
+        ("--validation-horizon", "1000,100"),
+        ("--validation-horizon", "5,12,"),
+    ],
 )
 def test_cli_rejects_bad_values_by_name(option, value, capsys):
     with pytest.raises(SystemExit):

@@ -63,15 +63,24 @@ def learned_factory(name, source, multiplier, device):
 
 def trained_on(provenance):
     """Return ``{"net", "net_sizes", "data", "batch_size", "horizon"}`` found in
-    a checkpoint's meta-training options, or {} if the provenance has none."""
+    a checkpoint's meta-training options, or {} if the provenance has none.
+
+    ``horizon`` is the longest episode, over a curriculum (``horizon_schedule``)
+    too.
+    """
     for key in CONFIG_KEYS:
         options = provenance.get(key)
         if isinstance(options, dict):
-            return {
+            found = {
                 field: options[field]
                 for field in ("net", "net_sizes", "data", "batch_size", "horizon")
                 if field in options
             }
+            schedule = options.get("horizon_schedule")
+            if isinstance(found.get("horizon"), int) and isinstance(schedule, list):
+                steps = [pair[1] for pair in schedule if isinstance(pair, list)]
+                found["horizon"] = max([found["horizon"], *steps])
+            return found
     return {}
 
 
@@ -113,6 +122,14 @@ def _default_sizes(model_name):
 
 def _format_sizes(sizes, keys):
     return ",".join(f"{key}={sizes.get(key, '(unset)')}" for key in keys)
+
+
+def _episode_length(meta_config) -> str:
+    """Return ``"100"``, or ``"100, then 200, 400"`` under a horizon curriculum."""
+    schedule = meta_config.horizon_schedule or []
+    if not schedule:
+        return str(meta_config.horizon)
+    return f"{meta_config.horizon}, then " + ", ".join(str(s) for _, s in schedule)
 
 
 def meta_horizon(learned):
@@ -195,7 +212,9 @@ def meta_train_config(name, config, preset, out_dir):
     if config.meta_episodes is not None:
         changes["episodes"] = config.meta_episodes
     if config.meta_horizon is not None:
+        # A fixed horizon replaces any curriculum of the --meta-config file.
         changes["horizon"] = config.meta_horizon
+        changes["horizon_schedule"] = None
         changes["unroll"] = min(base.unroll, config.meta_horizon)
     return base.replace(**changes)
 
@@ -209,9 +228,10 @@ def meta_train_optimizer(name, config, preset, out_dir, *, progress, log):
     from slstm.meta import meta_train
 
     meta_config = meta_train_config(name, config, preset, out_dir)
+    length = _episode_length(meta_config)
     log(
         f"meta-training {DISPLAY_NAMES[name]}: {meta_config.episodes} episodes of "
-        f"{meta_config.horizon} steps on {meta_config.net} ({meta_config.data}, "
+        f"{length} steps on {meta_config.net} ({meta_config.data}, "
         f"classes {meta_config.classes or 'all'}) into {meta_config.out}"
     )
     result = meta_train(meta_config, progress=progress)

@@ -259,11 +259,16 @@ def score_baseline(
             f"score_baseline takes one of {plain}, got {name!r}; score learned "
             "optimizers with slstm calibrate"
         )
+    if isinstance(lr, bool) or not (isinstance(lr, int | float) and lr > 0):
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    if not math.isfinite(lr):
+        raise ValueError(f"lr must be finite, got {lr!r}")
     horizons = check_horizons(
         config.validation_horizons if horizons is None else horizons
     )
     losses = [[] for _ in horizons]
     errors = [[] for _ in horizons]
+    threads = torch.get_num_threads()  # MetaTrainer applies config.num_threads.
     with tempfile.TemporaryDirectory() as scratch:
         # The gradient-only preset, so that no curvature is computed.
         trainer = MetaTrainer(
@@ -297,6 +302,7 @@ def score_baseline(
                 loss, error = evaluate_split(optimizee, split, trainer.device)
                 losses[slot].append(loss)
                 errors[slot].append(error)
+    torch.set_num_threads(threads)
     return [
         (sum(at_horizon) / len(at_horizon), sum(wrong) / len(wrong))
         for at_horizon, wrong in zip(losses, errors, strict=True)
@@ -412,14 +418,12 @@ def _positive_int(text: str) -> int:
 
 
 def _int_list(text: str) -> list[int]:
-    from slstm.meta.trainer import check_horizons
+    from slstm.meta.config import parse_step_counts
 
     try:
-        return check_horizons(part for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected increasing positive step counts such as 100,1000, got {text!r}"
-        ) from None
+        return parse_step_counts(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _float_list(text: str) -> list[float]:

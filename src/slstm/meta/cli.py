@@ -22,6 +22,7 @@ from slstm.meta.config import (
     OPTIMIZER_KINDS,
     MetaTrainConfig,
     parse_horizon_schedule,
+    parse_step_counts,
 )
 from slstm.meta.config import parse_net_sizes as _parse_net_sizes
 
@@ -78,7 +79,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--horizon",
         type=int,
         metavar="N",
-        help=f"optimizee steps per episode (default: {defaults.horizon})",
+        help="optimizee steps per episode, up to the first --horizon-schedule "
+        f"entry if one is given (default: {defaults.horizon})",
     )
     unroll.add_argument(
         "--horizon-schedule",
@@ -298,16 +300,10 @@ def _horizon_schedule(text: str) -> list[list[int]] | None:
 
 
 def _validation_horizon(text: str) -> int | list[int]:
-    parts = [part.strip() for part in text.split(",") if part.strip()]
     try:
-        counts = [int(part) for part in parts]
-    except ValueError:
-        counts = []
-    if not counts or any(c < 1 for c in counts) or counts != sorted(set(counts)):
-        raise argparse.ArgumentTypeError(
-            f"expected a step count or increasing step counts such as 100,1000, "
-            f"got {text!r}"
-        )
+        counts = parse_step_counts(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
     return counts[0] if len(counts) == 1 else counts
 
 

@@ -140,11 +140,15 @@ class MetaTrainConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {value!r}")
         _require_positive_int("validation_tasks", self.validation_tasks)
+        if self.num_threads is not None:
+            _require_positive_int("num_threads", self.num_threads)
         _require_positive_int("search_episodes", self.search_episodes)
         if isinstance(self.validation_horizon, list | tuple):
-            self.validation_horizon = _increasing_step_counts(
+            counts = _increasing_step_counts(
                 "validation_horizon", self.validation_horizon
             )
+            # One count is stored as an int, so [100] and 100 compare equal.
+            self.validation_horizon = counts[0] if len(counts) == 1 else counts
         elif self.validation_horizon is not None:
             _require_positive_int("validation_horizon", self.validation_horizon)
         if self.horizon_schedule is not None:
@@ -206,6 +210,11 @@ class MetaTrainConfig:
         return self.optimizer == "slstm"
 
     @property
+    def longest_horizon(self) -> int:
+        """The most steps any episode has, over ``horizon`` and the schedule."""
+        return max([self.horizon] + [s for _, s in self.horizon_schedule or ()])
+
+    @property
     def truncations_per_episode(self) -> int:
         """Truncations of an episode of ``horizon`` steps (the first episode)."""
         return self.truncations_at(0)
@@ -219,7 +228,8 @@ class MetaTrainConfig:
         return steps
 
     def truncations_at(self, episode: int) -> int:
-        return math.ceil(self.horizon_at(episode) / self.unroll)
+        # Integer ceiling: a float division overflows for very long horizons.
+        return -(-self.horizon_at(episode) // self.unroll)
 
     @property
     def validation_horizons(self) -> list[int]:
@@ -356,10 +366,24 @@ def _horizon_schedule(schedule) -> list[list[int]]:
     return pairs
 
 
-def parse_horizon_schedule(text: str | None) -> list[list[int]] | None:
+def parse_step_counts(text: str) -> list[int]:
+    """Parse ``"100,1000"`` into ``[100, 1000]``: increasing positive ints."""
+    try:
+        counts = [int(part.strip()) for part in text.split(",")]
+        return _increasing_step_counts("step counts", counts)
+    except ValueError:
+        raise ValueError(
+            f"expected increasing positive step counts separated by commas, such "
+            f"as 100,1000, got {text!r}"
+        ) from None
+
+
+def parse_horizon_schedule(text: str) -> list[list[int]]:
     """Parse ``"20:200,60:400"`` into ``[[20, 200], [60, 400]]``."""
-    if text is None or not text.strip():
-        return None
+    usage = (
+        "write EPISODE:STEPS pairs with increasing episodes >= 0 and steps >= 1, "
+        "separated by commas, e.g. 20:200,60:400"
+    )
     pairs = []
     for item in text.split(","):
         episode, sep, steps = item.strip().partition(":")
@@ -369,10 +393,12 @@ def parse_horizon_schedule(text: str | None) -> list[list[int]] | None:
             pairs.append([int(episode), int(steps)])
         except ValueError:
             raise ValueError(
-                f"invalid horizon schedule entry {item.strip()!r} in {text!r}; write "
-                "EPISODE:STEPS pairs separated by commas, e.g. 20:200,60:400"
+                f"invalid horizon schedule entry {item.strip()!r} in {text!r}; {usage}"
             ) from None
-    return _horizon_schedule(pairs)
+    try:
+        return _horizon_schedule(pairs)
+    except ValueError:
+        raise ValueError(f"invalid horizon schedule {text!r}; {usage}") from None
 
 
 def parse_net_sizes(text: str | None) -> dict:

@@ -682,6 +682,9 @@ class MetaTrainer:
             if self.last_validation
             else None,
             "validated_episode": self.validated_episode,
+            "last_validation_by_horizon": [
+                list(score) for score in self.last_validation_by_horizon
+            ],
             "init_provenance": self.init_provenance,
             "rng": rng_states if rng_states is not None else [capture_rng_state()],
             "world_size": self.context.world_size,
@@ -703,6 +706,10 @@ class MetaTrainer:
         last = state["last_validation"]
         self.last_validation = tuple(last) if last else None
         self.validated_episode = int(state["validated_episode"])
+        # States written before validation at several horizons lack the key.
+        self.last_validation_by_horizon = [
+            tuple(score) for score in state.get("last_validation_by_horizon", [])
+        ]
         rng_states = state["rng"]
         if self.context.rank < len(rng_states):
             restore_rng_state(rng_states[self.context.rank])
@@ -753,15 +760,21 @@ class MetaTrainer:
                 self.best_validation_loss if self.best_episode is not None else None
             ),
             "best_episode": self.best_episode,
-            "validation_by_horizon": {
-                str(steps): {"loss": loss, "error": error}
-                for steps, (loss, error) in zip(
-                    self.config.validation_horizons,
-                    self.last_validation_by_horizon,
-                    strict=False,
-                )
-            },
+            "validation_by_horizon": self._validation_by_horizon(),
             "init": self.init_provenance,
+        }
+
+    def _validation_by_horizon(self) -> dict:
+        """The last validation's ``{steps: {"loss", "error"}}``; {} before one."""
+        if not self.last_validation_by_horizon:
+            return {}
+        return {
+            str(steps): {"loss": loss, "error": error}
+            for steps, (loss, error) in zip(
+                self.config.validation_horizons,
+                self.last_validation_by_horizon,
+                strict=True,
+            )
         }
 
     def _snapshot(self) -> dict:
@@ -775,6 +788,7 @@ class MetaTrainer:
                 self.best_episode,
                 self.last_validation,
                 self.validated_episode,
+                list(self.last_validation_by_horizon),
             ),
         }
 
@@ -788,6 +802,7 @@ class MetaTrainer:
             self.best_episode,
             self.last_validation,
             self.validated_episode,
+            self.last_validation_by_horizon,
         ) = snapshot["best"]
 
     def _prepare_new_output(self) -> None:
@@ -923,7 +938,9 @@ def _ordered_batches(split, batch_size, device):
 def check_horizons(horizons) -> list[int]:
     """Return ``horizons`` as a list; ValueError unless it is strictly increasing
     positive step counts."""
-    horizons = [int(h) for h in horizons]
+    horizons = list(horizons)
+    if any(isinstance(h, bool) or not isinstance(h, int) for h in horizons):
+        raise ValueError(f"horizons must be int step counts, got {horizons}")
     if not horizons or horizons != sorted(set(horizons)) or horizons[0] < 1:
         raise ValueError(
             f"horizons must be increasing positive step counts, got {horizons}"
