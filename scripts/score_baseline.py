@@ -40,6 +40,7 @@ def main() -> int:
         "--threads", type=int, help="torch CPU threads (default: the run's)"
     )
     args = parser.parse_args()
+
     try:
         config = MetaTrainConfig.load(args.config)
         changes = {}
@@ -53,6 +54,7 @@ def main() -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"score_baseline.py: {error}", file=sys.stderr)
         return 2
+
     print(f"{args.optimizer} lr {args.lr:g} on {config.validation_tasks} networks")
     print("| steps | validation loss | validation error |")
     print("|---:|---:|---:|")
