@@ -72,3 +72,24 @@ def test_two_ranks_equal_one_process_averaging_them(tmp_path, tiny_config):
     assert any(
         not torch.equal(a, b) for a, b in zip(rank_grads, other_grads, strict=True)
     )
+
+
+def test_two_ranks_follow_a_horizon_schedule(tmp_path):
+    out = tmp_path / "curriculum"
+    command = [
+        sys.executable, "-m", "torch.distributed.run",
+        "--nnodes", "1", "--nproc-per-node", "2",
+        "--master-addr", "127.0.0.1", "--master-port", str(_free_loopback_port()),
+        "-m", "slstm", "meta-train", *TINY_ARGS,
+        "--episodes", "2", "--horizon-schedule", "1:15", "--validate-every", "0",
+        "--checkpoint-every", "1", "--out", str(out),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": SRC, "GLOO_SOCKET_IFNAME": "lo"}
+    env["OMP_NUM_THREADS"] = "1"
+    completed = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    counters = torch.load(out / STATE_FILE, weights_only=True)["counters"]
+    # Episode 0 has 10 steps (2 truncations of 5), episode 1 has 15 (3).
+    assert counters["meta_steps"] == 5
+    totals = torch.load(out / STATE_FILE, weights_only=True)["totals"]
+    assert totals["inner_steps"] == 2 * (10 + 15)
