@@ -146,7 +146,8 @@ def test_best_checkpoint_records_each_horizon(tiny_config, caplog):
     with caplog.at_level("INFO", logger="slstm.meta"):
         result = meta_train(config, progress=False)
     # The log line gives each horizon's loss and error beside the mean.
-    assert "% @3, " in caplog.text and "% @8)" in caplog.text
+    assert "% @3, " in caplog.text
+    assert "% @8)" in caplog.text
     provenance = load_checkpoint(result.best_checkpoint).provenance
     scores = provenance["validation_by_horizon"]
     assert list(scores) == ["3", "8"]
