@@ -23,21 +23,25 @@ def _free_loopback_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_two_ranks_equal_one_process_averaging_them(tmp_path, tiny_config):
-    episodes, horizon, unroll = 2, 10, 5  # four meta-steps
-    out = tmp_path / "distributed"
+def _meta_train_two_ranks(out, *options):
+    """Run the tiny meta-training on two CPU processes under torchrun."""
     command = [
         sys.executable, "-m", "torch.distributed.run",
         "--nnodes", "1", "--nproc-per-node", "2",
         "--master-addr", "127.0.0.1", "--master-port", str(_free_loopback_port()),
-        "-m", "slstm", "meta-train", *TINY_ARGS,
-        "--episodes", str(episodes), "--validate-every", "1",
+        "-m", "slstm", "meta-train", *TINY_ARGS, *options,
         "--checkpoint-every", "1", "--out", str(out),
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": SRC, "GLOO_SOCKET_IFNAME": "lo"}
     env["OMP_NUM_THREADS"] = "1"
     completed = subprocess.run(command, env=env, capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr[-3000:]
+
+
+def test_two_ranks_equal_one_process_averaging_them(tmp_path, tiny_config):
+    episodes, horizon, unroll = 2, 10, 5  # four meta-steps
+    out = tmp_path / "distributed"
+    _meta_train_two_ranks(out, "--episodes", str(episodes), "--validate-every", "1")
     state = torch.load(out / STATE_FILE, weights_only=True)
     assert state["world_size"] == 2
     assert len(state["rng"]) == 2
@@ -76,20 +80,10 @@ def test_two_ranks_equal_one_process_averaging_them(tmp_path, tiny_config):
 
 def test_two_ranks_follow_a_horizon_schedule(tmp_path):
     out = tmp_path / "curriculum"
-    command = [
-        sys.executable, "-m", "torch.distributed.run",
-        "--nnodes", "1", "--nproc-per-node", "2",
-        "--master-addr", "127.0.0.1", "--master-port", str(_free_loopback_port()),
-        "-m", "slstm", "meta-train", *TINY_ARGS,
-        "--episodes", "2", "--horizon-schedule", "1:15", "--validate-every", "0",
-        "--checkpoint-every", "1", "--out", str(out),
-    ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": SRC, "GLOO_SOCKET_IFNAME": "lo"}
-    env["OMP_NUM_THREADS"] = "1"
-    completed = subprocess.run(command, env=env, capture_output=True, text=True)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    counters = torch.load(out / STATE_FILE, weights_only=True)["counters"]
+    _meta_train_two_ranks(
+        out, "--episodes", "2", "--horizon-schedule", "1:15", "--validate-every", "0"
+    )
+    state = torch.load(out / STATE_FILE, weights_only=True)
     # Episode 0 has 10 steps (2 truncations of 5), episode 1 has 15 (3).
-    assert counters["meta_steps"] == 5
-    totals = torch.load(out / STATE_FILE, weights_only=True)["totals"]
-    assert totals["inner_steps"] == 2 * (10 + 15)
+    assert state["counters"]["meta_steps"] == 5
+    assert state["totals"]["inner_steps"] == 2 * (10 + 15)

@@ -247,7 +247,7 @@ def score_baseline(
     """
     import torch
 
-    from slstm.meta.trainer import MetaTrainer, check_horizons, evaluate_split
+    from slstm.meta.trainer import MetaTrainer, check_horizons
     from slstm.optim import OPTIMIZERS
 
     spec = OPTIMIZERS.get(name)
@@ -266,47 +266,39 @@ def score_baseline(
     horizons = check_horizons(
         config.validation_horizons if horizons is None else horizons
     )
-    losses = [[] for _ in horizons]
-    errors = [[] for _ in horizons]
+
+    def make_runner(optimizee):
+        params = [p.clone().requires_grad_(True) for p in optimizee.params]
+        optimizer = spec.make(params, lr)
+
+        def run(steps: int) -> bool:
+            for _ in range(steps):
+                with torch.no_grad():
+                    for param, grad in zip(
+                        params, optimizee.current.grads, strict=True
+                    ):
+                        param.grad = grad.detach().clone()
+                    optimizer.step()
+                optimizee.params = [p.detach() for p in params]
+                optimizee.current = optimizee.evaluate(
+                    optimizee.params, keep_graph=False
+                )
+                optimizee.step += 1
+                if optimizee.is_divergent(float(optimizee.current.loss)):
+                    return False
+            return True
+
+        return run
+
     threads = torch.get_num_threads()  # MetaTrainer applies config.num_threads.
     with tempfile.TemporaryDirectory() as scratch:
         # The gradient-only preset, so that no curvature is computed.
         trainer = MetaTrainer(
             config.replace(optimizer="lstm", out=scratch, init=None), progress=False
         )
-        for index in range(config.validation_tasks):
-            task = trainer.sampler.validation_task(index)
-            optimizee = trainer.make_optimizee(task, "validation")
-            split = trainer.data.split("validation", task.classes)
-            params = [p.clone().requires_grad_(True) for p in optimizee.params]
-            optimizer = spec.make(params, lr)
-            alive = not optimizee.diverged
-            for slot, horizon in enumerate(horizons):
-                while alive and optimizee.step < horizon:
-                    with torch.no_grad():
-                        for param, grad in zip(
-                            params, optimizee.current.grads, strict=True
-                        ):
-                            param.grad = grad.detach().clone()
-                        optimizer.step()
-                    optimizee.params = [p.detach() for p in params]
-                    optimizee.current = optimizee.evaluate(
-                        optimizee.params, keep_graph=False
-                    )
-                    optimizee.step += 1
-                    alive = not optimizee.is_divergent(float(optimizee.current.loss))
-                if not alive:
-                    losses[slot].append(math.inf)
-                    errors[slot].append(1.0)
-                    continue
-                loss, error = evaluate_split(optimizee, split, trainer.device)
-                losses[slot].append(loss)
-                errors[slot].append(error)
+        scores = trainer.validate_at(horizons, make_runner)
     torch.set_num_threads(threads)
-    return [
-        (sum(at_horizon) / len(at_horizon), sum(wrong) / len(wrong))
-        for at_horizon, wrong in zip(losses, errors, strict=True)
-    ]
+    return scores
 
 
 def _check_scales(scales) -> list[float]:

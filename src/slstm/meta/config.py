@@ -211,7 +211,8 @@ class MetaTrainConfig:
 
     @property
     def longest_horizon(self) -> int:
-        """The most steps any episode has, over ``horizon`` and the schedule."""
+        """The maximum number of steps of an episode, over ``horizon`` and the
+        schedule."""
         return max([self.horizon] + [s for _, s in self.horizon_schedule or ()])
 
     @property

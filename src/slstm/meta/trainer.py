@@ -408,12 +408,19 @@ class MetaTrainer:
         error = sum(error for _, error in scores) / len(scores)
         return loss, error
 
-    def validate_at(self, horizons) -> list[tuple[float, float]]:
+    def validate_at(self, horizons, make_runner=None) -> list[tuple[float, float]]:
         """Like :meth:`validate`, scoring each network after each of ``horizons``
         steps (increasing) of one run; returns one ``(loss, error)`` per horizon.
 
         A run that diverges counts as loss ``inf`` and error 1 from then on.
+        ``make_runner(optimizee)`` returns ``run(steps) -> alive`` that trains
+        one network; the default trains it with the frozen update networks.
         """
+        if make_runner is None:
+
+            def make_runner(optimizee):
+                return lambda steps: self._frozen_run(optimizee, steps)
+
         horizons = check_horizons(horizons)
         losses = [[] for _ in horizons]
         errors = [[] for _ in horizons]
@@ -421,10 +428,11 @@ class MetaTrainer:
             task = self.sampler.validation_task(index)
             optimizee = self.make_optimizee(task, "validation")
             split = self.data.split("validation", task.classes)
+            run = make_runner(optimizee)
             alive = not optimizee.diverged
             done = 0
             for slot, horizon in enumerate(horizons):
-                alive = alive and self._frozen_run(optimizee, horizon - done)
+                alive = alive and run(horizon - done)
                 done = horizon
                 if not alive:
                     losses[slot].append(math.inf)
@@ -765,7 +773,8 @@ class MetaTrainer:
         }
 
     def _validation_by_horizon(self) -> dict:
-        """The last validation's ``{steps: {"loss", "error"}}``; {} before one."""
+        """Return the last validation's ``{steps: {"loss", "error"}}``, or {}
+        before the first validation."""
         if not self.last_validation_by_horizon:
             return {}
         return {
