@@ -279,12 +279,7 @@ def score_baseline(
                     ):
                         param.grad = grad.detach().clone()
                     optimizer.step()
-                optimizee.params = [p.detach() for p in params]
-                optimizee.current = optimizee.evaluate(
-                    optimizee.params, keep_graph=False
-                )
-                optimizee.step += 1
-                if optimizee.is_divergent(float(optimizee.current.loss)):
+                if not optimizee.move_to([p.detach() for p in params]):
                     return False
             return True
 

@@ -374,7 +374,7 @@ class MetaTrainer:
 
         for _ in range(steps):
             current = optimizee.current
-            optimizee.params, optimizee.state = learned_update(
+            params, optimizee.state = learned_update(
                 self.nets,
                 self.optimizer_config,
                 optimizee.params,
@@ -384,12 +384,7 @@ class MetaTrainer:
                 optimizee.state,
                 check_inputs=False,
             )
-            with torch.enable_grad():
-                optimizee.current = optimizee.evaluate(
-                    optimizee.params, keep_graph=False
-                )
-            optimizee.step += 1
-            if optimizee.is_divergent(float(optimizee.current.loss)):
+            if not optimizee.move_to(params):
                 return False
         return True
 

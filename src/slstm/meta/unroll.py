@@ -187,6 +187,18 @@ class Optimizee:
             loss = loss.detach()
         return Evaluation(loss, grads, hessian_diags)
 
+    def move_to(self, params: Sequence[torch.Tensor]) -> bool:
+        """Take one step to ``params`` without a graph and evaluate it there.
+
+        Used by runs that are not meta-trained (validation, baselines). Returns
+        False when the new loss diverged.
+        """
+        self.params = list(params)
+        with torch.enable_grad():
+            self.current = self.evaluate(self.params, keep_graph=False)
+        self.step += 1
+        return not self.is_divergent(float(self.current.loss))
+
     def is_divergent(self, loss: float) -> bool:
         if not math.isfinite(loss):
             return True
