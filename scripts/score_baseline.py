@@ -34,7 +34,9 @@ def main() -> int:
         "(default: the run's validation horizons)",
     )
     parser.add_argument(
-        "--validation-tasks", type=int, help="networks (default: the run's)"
+        "--validation-tasks",
+        type=int,
+        help="validation networks to train (default: the run's count)",
     )
     parser.add_argument(
         "--threads", type=int, help="torch CPU threads (default: the run's)"

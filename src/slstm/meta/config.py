@@ -340,7 +340,7 @@ def _increasing_step_counts(name: str, values) -> list[int]:
 
 
 def _horizon_schedule(schedule) -> list[list[int]]:
-    """Check ``[[episode, steps], ...]``; return it as a list of lists."""
+    """Check ``[[episode, steps], ...]`` and return it as a list of lists."""
     example = "[[20, 200], [60, 400]] (from episode 20: 200 steps; from 60: 400)"
     try:
         pairs = [list(pair) for pair in schedule]
