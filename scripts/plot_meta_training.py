@@ -4,7 +4,9 @@ Usage: python scripts/plot_meta_training.py OUT.png LABEL=RUN_DIR [LABEL=RUN_DIR
 
 Left: the final training loss of each episode's optimizee (thin) and its moving
 mean over 10 episodes. Right: the validation loss of fresh networks trained by the
-frozen update networks, the quantity that chooses best.pt.
+frozen update networks, the quantity that chooses best.pt. A run validated after
+several step counts (--validation-horizon 100,1000) has a validation.csv; then each
+count's loss is drawn as well (dashed, dotted, ...) beside their mean.
 """
 
 import csv
@@ -29,6 +31,20 @@ def read_metrics(run_dir: Path):
     return episodes, final_losses, validation
 
 
+def read_validation_by_steps(run_dir: Path) -> dict[int, list[tuple[int, float]]]:
+    """Return ``{steps: [(episode, loss), ...]}`` from validation.csv, or {}."""
+    path = run_dir / "validation.csv"
+    if not path.exists():
+        return {}
+    by_steps: dict[int, list[tuple[int, float]]] = {}
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            by_steps.setdefault(int(row["steps"]), []).append(
+                (int(row["episode"]), float(row["loss"]))
+            )
+    return by_steps if len(by_steps) > 1 else {}
+
+
 def moving_mean(values, window=10):
     means = []
     for index in range(len(values)):
@@ -51,6 +67,18 @@ def main(argv):
         if validation:
             x, y = zip(*validation, strict=True)
             right.plot(x, y, marker="o", color=line.get_color(), label=label)
+        styles = ("--", ":", "-.")
+        by_steps = read_validation_by_steps(Path(run_dir))
+        for index, (steps, points) in enumerate(sorted(by_steps.items())):
+            x, y = zip(*points, strict=True)
+            right.plot(
+                x,
+                y,
+                linestyle=styles[index % len(styles)],
+                linewidth=0.9,
+                color=line.get_color(),
+                label=f"{label} @{steps} steps",
+            )
     left.set(xlabel="episode", ylabel="optimizee loss at the last step", yscale="log")
     right.set(xlabel="episode", ylabel="validation loss (fresh networks)")
     for axes in (left, right):

@@ -161,6 +161,40 @@ def test_best_checkpoint_records_each_horizon(tiny_config, caplog):
     assert math.isclose(float(best_row["validation_loss"]), mean)
 
 
+def test_validation_csv_keeps_each_horizon(tiny_config):
+    config = tiny_config(episodes=2, validate_every=1, validation_horizon=[3, 8])
+    result = meta_train(config, progress=False)
+    means = {
+        int(r["episode"]): float(r["validation_loss"])
+        for r in read_metrics(result.out / "metrics.csv")
+        if r["kind"] == "validation"
+    }
+    rows = read_metrics(result.out / "validation.csv")
+    assert [(int(r["episode"]), int(r["steps"])) for r in rows] == [
+        (1, 3), (1, 8), (2, 3), (2, 8)
+    ]  # fmt: skip
+    for episode, mean in means.items():
+        losses = [float(r["loss"]) for r in rows if int(r["episode"]) == episode]
+        assert math.isclose(sum(losses) / 2, mean)
+    # Both step counts were scored on the same run, so they differ.
+    assert rows[0]["loss"] != rows[1]["loss"]
+
+
+def test_resume_drops_validation_rows_after_the_checkpoint(tiny_config):
+    config = tiny_config(
+        episodes=2, validate_every=1, checkpoint_every=2, validation_horizon=[3, 8]
+    )
+    result = meta_train(config, progress=False)
+    log = result.out / "validation.csv"
+    before = log.read_text()
+    # A row written after the last checkpoint, as if the run had been killed.
+    with open(log, "a", encoding="utf-8") as handle:
+        handle.write("3,99,3,0.5,0.1\n")
+    trainer = MetaTrainer(config.replace(episodes=3), progress=False)
+    trainer._resume()
+    assert log.read_text() == before
+
+
 def test_cli_takes_schedule_and_horizons(tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["meta-train", *TINY_ARGS, "--episodes", "3", "--validate-every",

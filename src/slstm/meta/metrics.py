@@ -1,4 +1,9 @@
-"""The metrics CSV of a meta-training run: one row per episode and per validation."""
+"""The CSV logs of a meta-training run.
+
+``metrics.csv`` has one row per episode and per validation; ``validation.csv`` has
+one row per validation and validation horizon, so a run validated after 100 and
+1,000 steps keeps both scores, not only their mean.
+"""
 
 from __future__ import annotations
 
@@ -26,19 +31,32 @@ FIELDS = (
 )
 
 
-class MetricsLog:
-    """Appends rows to ``metrics.csv``; a plot reads it with any CSV reader."""
+VALIDATION_FIELDS = (
+    "episode",  # episodes finished when the validation ran
+    "meta_steps",  # meta-updates applied so far
+    "steps",  # optimizee steps after which the networks were scored
+    "loss",  # mean loss of the fresh networks on held-out data after `steps`
+    "error",  # their mean classification error there
+)
 
-    def __init__(self, path: str | Path):
+
+class MetricsLog:
+    """Appends rows with the columns ``fields`` (``FIELDS`` by default) to a CSV
+    file; a plot reads it with any CSV reader."""
+
+    def __init__(self, path: str | Path, fields: tuple[str, ...] = FIELDS):
         self.path = Path(path)
+        self.fields = fields
 
     def append(self, row: dict) -> None:
         new_file = not self.path.exists()
         with open(self.path, "a", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=FIELDS, extrasaction="raise")
+            writer = csv.DictWriter(
+                handle, fieldnames=self.fields, extrasaction="raise"
+            )
             if new_file:
                 writer.writeheader()
-            writer.writerow({name: _format(row.get(name)) for name in FIELDS})
+            writer.writerow({name: _format(row.get(name)) for name in self.fields})
 
     def truncate_after(self, episode: int) -> None:
         """Drop rows written after ``episode`` finished (they will be redone)."""
@@ -46,9 +64,9 @@ class MetricsLog:
             return
         rows = read_metrics(self.path)
         kept = [row for row in rows if int(row["episode"]) <= episode]
-        lines = [",".join(FIELDS)]
+        lines = [",".join(self.fields)]
         for row in kept:
-            lines.append(",".join(_csv_cell(row.get(name, "")) for name in FIELDS))
+            lines.append(",".join(_csv_cell(row.get(name, "")) for name in self.fields))
         atomic_write_text("\n".join(lines) + "\n", self.path)
 
 

@@ -41,7 +41,7 @@ from slstm.meta.io import (
     remove_stale_temporaries,
     restore_rng_state,
 )
-from slstm.meta.metrics import MetricsLog
+from slstm.meta.metrics import VALIDATION_FIELDS, MetricsLog
 from slstm.meta.tasks import (
     Task,
     TaskData,
@@ -216,6 +216,7 @@ class MetaTrainer:
         # Totals over the ranks, as rank 0 logs them.
         self._totals = {"diverged": 0, "nonfinite": 0, "inner_steps": 0}
         self.metrics = MetricsLog(self.out / "metrics.csv")
+        self.validation_log = MetricsLog(self.out / "validation.csv", VALIDATION_FIELDS)
         self._kinds_cache: dict = {}
         self._written_episode = -1
 
@@ -653,6 +654,18 @@ class MetaTrainer:
                 "seconds": self.counters.seconds,
             }
         )
+        for steps, (h_loss, h_error) in zip(
+            horizons, self.last_validation_by_horizon, strict=True
+        ):
+            self.validation_log.append(
+                {
+                    "episode": self.counters.episode,
+                    "meta_steps": self.counters.meta_steps,
+                    "steps": steps,
+                    "loss": h_loss,
+                    "error": h_error,
+                }
+            )
 
     def _progress_bar(self, initial: int):
         if not (self.progress and self.context.is_main):
@@ -818,6 +831,7 @@ class MetaTrainer:
             )
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "metrics.csv").unlink(missing_ok=True)
+        (self.out / "validation.csv").unlink(missing_ok=True)
         self._write_config()
 
     def _write_config(self) -> None:
@@ -851,6 +865,7 @@ class MetaTrainer:
             remove_stale_temporaries(self.out)
             remove_stale_temporaries(self.out / STATE_FILE.parent)
             self.metrics.truncate_after(self.counters.episode)
+            self.validation_log.truncate_after(self.counters.episode)
             self._write_config()
             logger.info(
                 "resumed %s after episode %d (%d meta-steps)",
