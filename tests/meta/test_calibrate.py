@@ -55,6 +55,10 @@ def test_best_scale_is_written_with_record(trained, tmp_path):
     assert record["chosen_output_scale"] == result.best_scale
     assert record["validation_tasks"] == 2
     assert [t["output_scale"] for t in record["trials"]] == scales
+    # The source's commit and save time survive the new save's.
+    assert record["source_git_commit"] == source.provenance["git_commit"]
+    assert record["source_saved_at"] == source.provenance["saved_at"]
+    assert record["source_saved_at"] is not None
     # The original provenance is kept beside the record.
     assert (
         written.provenance["meta_train_config"]

@@ -61,9 +61,10 @@ class CalibrationResult:
             tasks were used.
         out: the checkpoint written with ``best_scale``, or None.
         record: what the written checkpoint's provenance stores under
-            ``output_scale_calibration``: the source file, every trial, the
-            validation set-up with its full meta-training configuration, the
-            command, and an earlier calibration of the source (``previous``).
+            ``output_scale_calibration``: the source file with the commit and
+            time it was saved at, every trial, the validation set-up with its
+            full meta-training configuration, the command, and an earlier
+            calibration of the source (``previous``).
     """
 
     trials: list[ScaleTrial]
@@ -209,6 +210,10 @@ def calibrate_output_scale(
     best = min(finite, key=lambda t: t.validation_loss)
     record = {
         "source": str(loaded.path.resolve()),
+        # Saving overwrites the top-level commit and time with this save's, so
+        # keep those of the file that meta-training (or a calibration) wrote.
+        "source_git_commit": loaded.provenance.get("git_commit"),
+        "source_saved_at": loaded.provenance.get("saved_at"),
         "source_output_scale": loaded.config.output_scale,
         "chosen_output_scale": best.output_scale,
         "validation_tasks": config.validation_tasks,
