@@ -1,9 +1,11 @@
 """Two CPU processes under torchrun meta-train like one that averages both."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -23,17 +25,22 @@ def _free_loopback_port() -> int:
         return probe.getsockname()[1]
 
 
-def _meta_train_two_ranks(out, *options):
-    """Run the tiny meta-training on two CPU processes under torchrun."""
+def _torchrun(out, *options):
+    """The command and environment of the tiny meta-training on two CPU ranks."""
     command = [
         sys.executable, "-m", "torch.distributed.run",
         "--nnodes", "1", "--nproc-per-node", "2",
         "--master-addr", "127.0.0.1", "--master-port", str(_free_loopback_port()),
-        "-m", "slstm", "meta-train", *TINY_ARGS, *options,
-        "--checkpoint-every", "1", "--out", str(out),
+        "-m", "slstm", "meta-train", *TINY_ARGS, *options, "--out", str(out),
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": SRC, "GLOO_SOCKET_IFNAME": "lo"}
     env["OMP_NUM_THREADS"] = "1"
+    return command, env
+
+
+def _meta_train_two_ranks(out, *options):
+    """Run the tiny meta-training on two CPU processes under torchrun."""
+    command, env = _torchrun(out, *options, "--checkpoint-every", "1")
     completed = subprocess.run(command, env=env, capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr[-3000:]
 
@@ -87,3 +94,46 @@ def test_two_ranks_follow_a_horizon_schedule(tmp_path):
     # Episode 0 has 10 steps (2 truncations of 5), episode 1 has 15 (3).
     assert state["counters"]["meta_steps"] == 5
     assert state["totals"]["inner_steps"] == 2 * (10 + 15)
+
+
+def _episode_rows(out) -> int:
+    try:
+        lines = (out / "metrics.csv").read_text().splitlines()
+    except FileNotFoundError:
+        return 0
+    return sum(line.startswith("episode,") for line in lines)
+
+
+def test_sigterm_stops_all_ranks_at_one_boundary_and_resumes(tmp_path):
+    # No periodic checkpoint: the state on disk can only come from the stop.
+    options = ("--validate-every", "0", "--checkpoint-every", "100000")
+    interrupted = tmp_path / "interrupted"
+    command, env = _torchrun(interrupted, "--episodes", "100000", *options)
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while _episode_rows(interrupted) < 2 and process.poll() is None:
+        assert time.monotonic() < deadline, "no episode finished within 120 s"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)  # torchrun passes it on to both ranks
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode != 0
+    assert "stopping at the next meta-step" in stderr
+    state = torch.load(interrupted / STATE_FILE, weights_only=True)
+    episodes = state["counters"]["episode"]
+    assert episodes >= 2
+    assert state["counters"]["meta_steps"] == 2 * episodes  # 2 truncations each
+    assert len(state["rng"]) == 2
+    assert _episode_rows(interrupted) == episodes
+
+    # Resumed to one more episode, it ends where an uninterrupted run ends.
+    command, env = _torchrun(interrupted, "--resume", "--episodes", str(episodes + 1))
+    resumed = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    straight = tmp_path / "straight"
+    _meta_train_two_ranks(straight, "--episodes", str(episodes + 1), *options[:2])
+    expected = load_checkpoint(straight / "last.pt").nets.state_dict()
+    got = load_checkpoint(interrupted / "last.pt").nets.state_dict()
+    for name, value in expected.items():
+        assert torch.equal(got[name], value), name

@@ -380,3 +380,33 @@ def test_init_validates_starting_weights(tmp_path, tiny_config):
     )
     provenance = load_checkpoint(tmp_path / "second" / "best.pt").provenance
     assert provenance["best_episode"] == best[1]
+
+
+def test_stop_during_validation_abandons_it(tiny_config, caplog):
+    config = tiny_config(episodes=2, validate_every=2)
+    meta_train(config, progress=False)
+    trainer = MetaTrainer(config, progress=False)
+    trainer._resume()
+    before = (trainer.best_validation_loss, trainer.last_validation)
+    rows = len(read_metrics(trainer.out / "metrics.csv"))
+    trainer._stop_requested = True  # as a distributed run's signal handler does
+    with caplog.at_level("WARNING", logger="slstm.meta"):
+        trainer._run_validation(None)
+    assert "validation after episode 2 abandoned" in caplog.text
+    assert (trainer.best_validation_loss, trainer.last_validation) == before
+    assert len(read_metrics(trainer.out / "metrics.csv")) == rows
+
+
+def test_resume_runs_a_validation_a_stop_abandoned(tiny_config):
+    config = tiny_config(episodes=2, validate_every=2)
+    result = meta_train(config, progress=False)
+    state_path = result.out / STATE_FILE
+    state = torch.load(state_path, weights_only=True)
+    assert state["validated_episode"] == 2
+    state["validated_episode"] = 0  # as if episode 2's validation was abandoned
+    atomic_torch_save(state, state_path)
+    meta_train(config.replace(episodes=3), resume=True, progress=False)
+    rows = read_metrics(result.out / "metrics.csv")
+    validated = [int(r["episode"]) for r in rows if r["kind"] == "validation"]
+    # Episode 2's row from the first run, its redone validation, the final one.
+    assert validated == [2, 2, 3]

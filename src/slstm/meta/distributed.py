@@ -44,34 +44,41 @@ class DistributedContext:
         return self.world_size > 1
 
     def average_gradients(
-        self, gradients: list[torch.Tensor], contributes: bool
-    ) -> tuple[list[torch.Tensor], int]:
+        self, gradients: list[torch.Tensor], contributes: bool, stop: bool = False
+    ) -> tuple[list[torch.Tensor], int, bool]:
         """Average ``gradients`` over the ranks whose ``contributes`` is True.
 
         A rank that does not contribute (its meta-loss or meta-gradient was not
-        finite, or its episode already ended) adds zeros. Returns the averaged
-        tensors and the number of contributing ranks; when that is 0 the caller
-        skips the meta-update on every rank alike.
+        finite, or its episode already ended) adds zeros. ``stop`` says that
+        this rank was asked to stop (SIGTERM or Ctrl-C). Returns the averaged
+        tensors, the number of contributing ranks and whether any rank asked to
+        stop. When no rank contributes, the caller skips the meta-update on
+        every rank alike; when one asked to stop, every rank learns it in the
+        same call and all can stop at the same point.
         """
         if not self.active:
-            return gradients, int(contributes)
+            return gradients, int(contributes), stop
         flat = torch.cat([g.reshape(-1) for g in gradients])
         if not contributes:
             flat = torch.zeros_like(flat)
-        # The count rides in the same buffer, so one collective call suffices.
-        count = torch.tensor([1.0 if contributes else 0.0], dtype=flat.dtype)
-        buffer = torch.cat([flat, count.to(flat.device)])
+        # The count and the stop requests ride in the same buffer, so one
+        # collective call suffices.
+        extra = torch.tensor(
+            [1.0 if contributes else 0.0, 1.0 if stop else 0.0], dtype=flat.dtype
+        )
+        buffer = torch.cat([flat, extra.to(flat.device)])
         dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
-        contributors = int(round(buffer[-1].item()))
+        contributors = int(round(buffer[-2].item()))
+        stop_requested = buffer[-1].item() > 0.5
         if contributors == 0:
-            return [torch.zeros_like(g) for g in gradients], 0
-        mean = buffer[:-1] / contributors
+            return [torch.zeros_like(g) for g in gradients], 0, stop_requested
+        mean = buffer[:-2] / contributors
         averaged = []
         offset = 0
         for g in gradients:
             averaged.append(mean[offset : offset + g.numel()].view_as(g))
             offset += g.numel()
-        return averaged, contributors
+        return averaged, contributors, stop_requested
 
     def all_gather_object(self, obj) -> list:
         """Return ``[obj of rank 0, obj of rank 1, ...]`` on every rank."""

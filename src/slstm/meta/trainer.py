@@ -219,6 +219,9 @@ class MetaTrainer:
         self.validation_log = MetricsLog(self.out / "validation.csv", VALIDATION_FIELDS)
         self._kinds_cache: dict = {}
         self._written_episode = -1
+        # Set by SIGTERM or Ctrl-C in a distributed run; the ranks agree on it
+        # at the next meta-gradient all-reduce and stop together.
+        self._stop_requested = False
 
     # ----------------------------------------------------------------- episodes
 
@@ -315,8 +318,16 @@ class MetaTrainer:
         )
 
     def apply_meta_gradients(self, grads: list[torch.Tensor], usable: bool) -> bool:
-        """Average over ranks, clip and take one Adam step; False if skipped."""
-        averaged, contributors = self.context.average_gradients(grads, usable)
+        """Average over ranks, clip and take one Adam step; False if skipped.
+
+        Raises ``_CoordinatedStop`` on every rank, before the step, when any
+        rank was asked to stop.
+        """
+        averaged, contributors, stop = self.context.average_gradients(
+            grads, usable, self._stop_requested
+        )
+        if stop:
+            raise _CoordinatedStop("a rank received SIGTERM or Ctrl-C")
         if contributors == 0:
             self.counters.skipped += 1
             return False
@@ -374,6 +385,8 @@ class MetaTrainer:
         from slstm.optim import learned_update
 
         for _ in range(steps):
+            if self._stop_requested:
+                raise _ValidationAbandoned
             current = optimizee.current
             params, optimizee.state = learned_update(
                 self.nets,
@@ -461,11 +474,14 @@ class MetaTrainer:
         seconds_before = self.counters.seconds
         boundary = self._snapshot()
         bar = self._progress_bar(start_episode)
-        previous_handler = _install_sigterm_handler()
+        previous_handlers = self._install_stop_handlers()
         try:
             if config.init and config.validate_every and self.validated_episode < 0:
                 # Score the weights the run starts from, so that best.pt is
                 # never worse on validation than the --init checkpoint.
+                self._run_validation(bar)
+                boundary = self._snapshot()
+            elif self._validation_missed():
                 self._run_validation(bar)
                 boundary = self._snapshot()
             for episode in range(start_episode, config.episodes):
@@ -490,25 +506,68 @@ class MetaTrainer:
                 # Validate the final weights too, so best.pt considers them.
                 self._run_validation(bar)
                 boundary = self._snapshot()
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as interrupt:
             # Roll back to the last episode boundary, whose state resumes exactly.
             self._restore_snapshot(boundary)
-            if self.context.is_main and not self.context.active:
-                logger.warning(
-                    "interrupted; saving the state after episode %d to %s",
-                    self.counters.episode,
-                    self.out / STATE_FILE,
-                )
+            coordinated = isinstance(interrupt, _CoordinatedStop)
+            if coordinated or not self.context.active:
+                # A single process, or ranks that all stopped at the same
+                # all-reduce: the boundary is the same everywhere.
+                if self.context.is_main:
+                    logger.warning(
+                        "interrupted; saving the state after episode %d to %s",
+                        self.counters.episode,
+                        self.out / STATE_FILE,
+                    )
                 self.save_checkpoint()
+                self.context.barrier()
             raise
         finally:
-            _restore_sigterm_handler(previous_handler)
+            _restore_handlers(previous_handlers)
             if bar is not None:
                 bar.close()
         if self._written_episode != self.counters.episode:
             self.save_checkpoint()
         self.context.barrier()
         return self.result()
+
+    def _validation_missed(self) -> bool:
+        """Whether the episode the run (re)starts at was due a validation that a
+        stop abandoned."""
+        every = self.config.validate_every
+        episode = self.counters.episode
+        return bool(
+            every
+            and episode > 0
+            and episode % every == 0
+            and self.validated_episode != episode
+        )
+
+    def _install_stop_handlers(self) -> list:
+        """Route SIGTERM (and, in a distributed run, Ctrl-C) to a clean stop.
+
+        One process raises at once and saves the last episode boundary. Ranks
+        of a distributed run are at different points when the signal comes, so
+        each only records the request; they agree on it at the next
+        meta-gradient all-reduce and stop there together. Returns the previous
+        handlers for :func:`_restore_handlers`.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return []
+        if not self.context.active:
+            return [(signal.SIGTERM, signal.signal(signal.SIGTERM, _raise_terminated))]
+
+        def request_stop(signum, frame):
+            if not self._stop_requested:
+                logger.warning(
+                    "received signal %d; stopping at the next meta-step", signum
+                )
+            self._stop_requested = True
+
+        return [
+            (signum, signal.signal(signum, request_stop))
+            for signum in (signal.SIGTERM, signal.SIGINT)
+        ]
 
     def start_from_init(self) -> None:
         """Load the weights of the ``config.init`` checkpoint into the networks."""
@@ -611,7 +670,16 @@ class MetaTrainer:
         if not self.context.is_main:
             return
         started = time.perf_counter()
-        loss, error = self.validate()
+        try:
+            loss, error = self.validate()
+        except _ValidationAbandoned:
+            # The other ranks wait at the next all-reduce to stop together; a
+            # resumed run validates this episode first.
+            logger.warning(
+                "validation after episode %d abandoned: stop requested",
+                self.counters.episode,
+            )
+            return
         self.last_validation = (loss, error)
         self.validated_episode = self.counters.episode
         improved = loss < self.best_validation_loss
@@ -1101,19 +1169,24 @@ class _Terminated(KeyboardInterrupt):
     """SIGTERM, handled like Ctrl-C so the run saves its state on the way out."""
 
 
-def _install_sigterm_handler():
+class _CoordinatedStop(_Terminated):
+    """Raised on every rank at the same all-reduce when any rank was asked to
+    stop, so all of them roll back to the same episode boundary."""
+
+
+class _ValidationAbandoned(Exception):
+    """A stop was requested while rank 0 validated."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated(f"received signal {signum}")
+
+
+def _restore_handlers(previous: list) -> None:
     if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def handle(signum, frame):
-        raise _Terminated(f"received signal {signum}")
-
-    return signal.signal(signal.SIGTERM, handle)
-
-
-def _restore_sigterm_handler(previous) -> None:
-    if previous is not None and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, previous)
+        return
+    for signum, handler in previous:
+        signal.signal(signum, handler)
 
 
 def write_search_record(out: Path, trials: list, best_lr: float) -> None:
