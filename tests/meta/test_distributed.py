@@ -104,7 +104,7 @@ def _episode_rows(out) -> int:
     return sum(line.startswith("episode,") for line in lines)
 
 
-def test_sigterm_stops_all_ranks_at_one_boundary_and_resumes(tmp_path):
+def test_sigterm_saves_one_boundary_for_all_ranks(tmp_path):
     # No periodic checkpoint: the state on disk can only come from the stop.
     options = ("--validate-every", "0", "--checkpoint-every", "100000")
     interrupted = tmp_path / "interrupted"

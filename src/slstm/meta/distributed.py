@@ -49,12 +49,12 @@ class DistributedContext:
         """Average ``gradients`` over the ranks whose ``contributes`` is True.
 
         A rank that does not contribute (its meta-loss or meta-gradient was not
-        finite, or its episode already ended) adds zeros. ``stop`` says that
+        finite, or its episode already ended) adds zeros. ``stop`` is True when
         this rank was asked to stop (SIGTERM or Ctrl-C). Returns the averaged
         tensors, the number of contributing ranks and whether any rank asked to
         stop. When no rank contributes, the caller skips the meta-update on
-        every rank alike; when one asked to stop, every rank learns it in the
-        same call and all can stop at the same point.
+        every rank alike. Every rank learns of a stop request in the same call,
+        so all of them can stop at the same point.
         """
         if not self.active:
             return gradients, int(contributes), stop

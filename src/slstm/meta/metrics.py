@@ -1,6 +1,6 @@
 """The CSV logs of a meta-training run.
 
-``metrics.csv`` has one row per episode and per validation; ``validation.csv`` has
+``metrics.csv`` has one row per episode and per validation. ``validation.csv`` has
 one row per validation and validation horizon, so a run validated after 100 and
 1,000 steps keeps both scores, not only their mean.
 """

@@ -532,8 +532,8 @@ class MetaTrainer:
         return self.result()
 
     def _validation_missed(self) -> bool:
-        """Whether the episode the run (re)starts at was due a validation that a
-        stop abandoned."""
+        """Return whether a stop abandoned the validation due at the episode the
+        run starts from."""
         every = self.config.validate_every
         episode = self.counters.episode
         return bool(
@@ -546,11 +546,11 @@ class MetaTrainer:
     def _install_stop_handlers(self) -> list:
         """Route SIGTERM (and, in a distributed run, Ctrl-C) to a clean stop.
 
-        One process raises at once and saves the last episode boundary. Ranks
-        of a distributed run are at different points when the signal comes, so
-        each only records the request; they agree on it at the next
-        meta-gradient all-reduce and stop there together. Returns the previous
-        handlers for :func:`_restore_handlers`.
+        One process raises at once and saves the last episode boundary. The
+        ranks of a distributed run are at different points when the signal
+        comes, so each one only records the request. They learn of it at the
+        next meta-gradient all-reduce and stop there together. Returns the
+        previous handlers for :func:`_restore_handlers`.
         """
         if threading.current_thread() is not threading.main_thread():
             return []
