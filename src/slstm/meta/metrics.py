@@ -8,10 +8,14 @@ one row per validation and validation horizon, so a run validated after 100 and
 from __future__ import annotations
 
 import csv
+import io
+import logging
 import math
 from pathlib import Path
 
 from slstm.meta.io import atomic_write_text
+
+logger = logging.getLogger("slstm.meta")
 
 FIELDS = (
     "kind",  # "episode" or "validation"
@@ -51,23 +55,43 @@ class MetricsLog:
     def append(self, row: dict) -> None:
         new_file = not self.path.exists()
         with open(self.path, "a", newline="", encoding="utf-8") as handle:
+            # One line ending throughout, the same as truncate_after writes.
             writer = csv.DictWriter(
-                handle, fieldnames=self.fields, extrasaction="raise"
+                handle,
+                fieldnames=self.fields,
+                extrasaction="raise",
+                lineterminator="\n",
             )
             if new_file:
                 writer.writeheader()
             writer.writerow({name: _format(row.get(name)) for name in self.fields})
 
     def truncate_after(self, episode: int) -> None:
-        """Drop rows written after ``episode`` finished (they will be redone)."""
+        """Drop rows written after ``episode`` finished (they will be redone).
+
+        A row that does not parse (a write cut short by a kill or a full disk)
+        is dropped too, with a warning naming its line.
+        """
         if not self.path.exists():
             return
-        rows = read_metrics(self.path)
-        kept = [row for row in rows if int(row["episode"]) <= episode]
-        lines = [",".join(self.fields)]
+        kept = []
+        with open(self.path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            for row in reader:
+                row_episode = _row_episode(row)
+                if row_episode is None:
+                    logger.warning(
+                        "%s: dropping unreadable line %d", self.path, reader.line_num
+                    )
+                elif row_episode <= episode:
+                    kept.append(row)
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(self.fields)
         for row in kept:
-            lines.append(",".join(_csv_cell(row.get(name, "")) for name in self.fields))
-        atomic_write_text("\n".join(lines) + "\n", self.path)
+            # A column the file lacks (written by an older version) stays empty.
+            writer.writerow([row.get(name, "") for name in self.fields])
+        atomic_write_text(text.getvalue(), self.path)
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -76,15 +100,21 @@ def read_metrics(path: str | Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
+def _row_episode(row: dict) -> int | None:
+    """Return the row's episode, or None if the row has more or fewer cells
+    than the header or its episode is not an integer."""
+    # csv.DictReader keys extra cells by None and fills missing ones with None.
+    if None in row or None in row.values():
+        return None
+    try:
+        return int(row.get("episode", ""))
+    except ValueError:
+        return None
+
+
 def _format(value) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
         return repr(value) if math.isfinite(value) else str(value)
     return str(value)
-
-
-def _csv_cell(value: str) -> str:
-    if any(c in value for c in ',"\n'):
-        return '"' + value.replace('"', '""') + '"'
-    return value
