@@ -410,3 +410,11 @@ def test_resume_runs_a_validation_a_stop_abandoned(tiny_config):
     validated = [int(r["episode"]) for r in rows if r["kind"] == "validation"]
     # Episode 2's row from the first run, its redone validation, the final one.
     assert validated == [2, 2, 3]
+
+
+def test_no_progress_bar_without_terminal(tiny_config, capsys, caplog):
+    # Under pytest stderr is captured, not a terminal.
+    with caplog.at_level("INFO", logger="slstm.meta"):
+        meta_train(tiny_config(episodes=2, validate_every=2), progress=True)
+    assert "meta-train slstm" not in capsys.readouterr().err
+    assert "validation after episode 2" in caplog.text

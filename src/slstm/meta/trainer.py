@@ -736,7 +736,9 @@ class MetaTrainer:
             )
 
     def _progress_bar(self, initial: int):
-        if not (self.progress and self.context.is_main):
+        # Redrawn bars fill a log file with carriage returns; without a
+        # terminal the log lines alone report progress.
+        if not (self.progress and self.context.is_main and sys.stderr.isatty()):
             return None
         from tqdm.auto import tqdm
 
