@@ -213,6 +213,28 @@ def test_shipped_name_loads(tmp_path, monkeypatch):
     assert checkpoint.config == config
 
 
+def test_shipped_name_wins_over_local_path(tmp_path, monkeypatch):
+    shipped_dir = tmp_path / "pretrained"
+    shipped_dir.mkdir()
+    monkeypatch.setattr(checkpoints_module, "PRETRAINED_DIR", shipped_dir)
+    lstm = LearnedOptimizerConfig.preset("lstm")
+    save_checkpoint(shipped_dir / "opt.pt", trained_looking_nets(lstm), lstm, {})
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    # A meta-training --out folder of the same name must not hide it.
+    (work / "opt").mkdir()
+    assert load_checkpoint("opt").config == lstm
+    # Nor may a local file of that name, which "./opt" still reaches.
+    (work / "opt").rmdir()
+    slstm_config = LearnedOptimizerConfig.preset("slstm")
+    nets = trained_looking_nets(slstm_config)
+    save_checkpoint(work / "opt", nets, slstm_config, {})
+    assert load_checkpoint("opt").config == lstm
+    assert load_checkpoint("./opt").config == slstm_config
+    assert load_checkpoint(work / "opt").config == slstm_config
+
+
 @pytest.mark.parametrize("name", ["lstm-fashion-mnist", "slstm-fashion-mnist"])
 def test_shipped_checkpoints_load(name):
     if name not in shipped_checkpoints():

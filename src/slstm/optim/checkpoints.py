@@ -155,7 +155,16 @@ def save_checkpoint(
 
 
 def resolve_checkpoint(name_or_path) -> Path:
-    """Return the file for a shipped checkpoint name or a path."""
+    """Return the file for a shipped checkpoint name or a path.
+
+    A string that is exactly a shipped name (``"slstm-fashion-mnist"``) always
+    means the shipped file, even when the working directory holds a file or
+    folder of that name, such as the ``--out`` folder of a meta-training run.
+    Write ``"./slstm-fashion-mnist"``, or pass a ``Path``, for the local one.
+    """
+    shipped = shipped_checkpoints()
+    if isinstance(name_or_path, str) and name_or_path in shipped:
+        return PRETRAINED_DIR / f"{name_or_path}.pt"
     path = Path(name_or_path)
     if path.is_file():
         return path
@@ -164,9 +173,8 @@ def resolve_checkpoint(name_or_path) -> Path:
             f"{str(path)!r} is a directory, not a checkpoint file; pass a file in "
             "it, such as the best.pt or last.pt that `slstm meta-train` writes"
         )
-    shipped = shipped_checkpoints()
-    if str(name_or_path) in shipped:
-        return PRETRAINED_DIR / f"{name_or_path}.pt"
+    if str(path) in shipped:
+        return PRETRAINED_DIR / f"{path}.pt"
     listing = ", ".join(shipped) if shipped else "none yet"
     if path.suffix or len(path.parts) > 1:
         raise CheckpointError(
