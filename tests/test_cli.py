@@ -3,9 +3,11 @@
 import importlib
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+import slstm
 from slstm import cli
 
 
@@ -56,3 +58,12 @@ def test_unknown_option_reports_subcommand_usage(capsys):
     error = capsys.readouterr().err
     assert "usage: slstm info" in error
     assert "--no-such-option" in error
+
+
+def test_command_line_names_the_console_command():
+    from slstm.utils import command_line
+
+    main_py = str(Path(slstm.__file__).with_name("__main__.py"))
+    assert command_line([main_py, "calibrate", "a b.pt"]) == "slstm calibrate 'a b.pt'"
+    # Other programs keep their path.
+    assert command_line(["scripts/x.py", "--lr", "0.1"]) == "scripts/x.py --lr 0.1"

@@ -1,5 +1,9 @@
 """Small helpers shared by the subpackages."""
 
+import shlex
+import sys
+from pathlib import Path
+
 import torch
 
 
@@ -14,3 +18,17 @@ def resolve_device(device="auto"):
             "use --device cpu or --device auto"
         )
     return resolved
+
+
+def command_line(argv=None) -> str:
+    """Return the command line (``sys.argv`` by default) as one shell-quoted string.
+
+    ``python -m slstm`` puts the path of ``slstm/__main__.py`` in ``argv[0]``;
+    it is written as ``slstm``, the console command that runs the same code.
+    """
+    argv = list(sys.argv if argv is None else argv)
+    if argv:
+        program = Path(argv[0])
+        if program.name == "__main__.py" and program.parent.name == "slstm":
+            argv[0] = "slstm"
+    return " ".join(shlex.quote(arg) for arg in argv)

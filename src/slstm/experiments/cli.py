@@ -308,7 +308,9 @@ def config_from_args(args):
 
 def run(args):
     """Run ``slstm experiment`` and return the exit status."""
-    from .runner import command_line, run_experiment
+    from slstm.utils import command_line
+
+    from .runner import run_experiment
 
     config = config_from_args(args)
     try:

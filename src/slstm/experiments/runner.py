@@ -16,7 +16,6 @@ import dataclasses
 import datetime
 import math
 import platform
-import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -539,9 +538,3 @@ def _tqdm_write(message):
     from tqdm.auto import tqdm
 
     tqdm.write(message, file=sys.stdout)
-
-
-def command_line(argv=None):
-    """Return the command line as one shell-quoted string."""
-    argv = sys.argv if argv is None else argv
-    return " ".join(shlex.quote(arg) for arg in argv)

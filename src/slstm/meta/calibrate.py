@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from slstm.meta.config import MetaTrainConfig
+from slstm.utils import command_line
 
 logger = logging.getLogger("slstm.meta")
 
@@ -221,7 +222,7 @@ def calibrate_output_scale(
         "seed": config.seed,
         # Data set, networks and validation split the scores come from.
         "meta_train_config": config.replace(out="").to_dict(),
-        "command": " ".join(sys.argv),
+        "command": command_line(),
         "trials": [asdict(t) for t in trials],
         "previous": loaded.provenance.get("output_scale_calibration"),
     }

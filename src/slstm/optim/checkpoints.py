@@ -21,7 +21,6 @@ import pickle
 import pickletools
 import re
 import subprocess
-import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from torch import nn
 
 from slstm.optim.config import LearnedOptimizerConfig
 from slstm.optim.learned import LearnedOptimizer, create_update_nets
+from slstm.utils import command_line
 
 FORMAT = "slstm-learned-optimizer"
 FORMAT_VERSION = 1
@@ -106,7 +106,7 @@ def save_checkpoint(
     if missing:
         raise ValueError(f"nets lack the networks for kinds {missing}")
     record = {
-        "command": " ".join(sys.argv),
+        "command": command_line(),
         **provenance,
         "code_version": slstm.__version__,
         "git_commit": git_commit(),
