@@ -47,8 +47,21 @@ def parse_arguments(argv=None):
         help="checkpoint file for a learned optimizer (default: the shipped "
         "NAME-fashion-mnist); repeat for each",
     )
+    parser.add_argument(
+        "--channels",
+        type=int,
+        default=16,
+        help="feature maps per convolution (default 16, the network the shipped "
+        "learned optimizers were meta-trained on; 0 for the full-size network)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seeds model and batches")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (default: torch's choice, usually every core)",
+    )
     slstm.data.add_data_arguments(parser)
     return parser.parse_args(argv)
 
@@ -66,8 +79,9 @@ def train(name, splits, args, checkpoints, device):
     """Train a fresh network with optimizer ``name``; return the loss history and
     the test error."""
     torch.manual_seed(args.seed)
+    sizes = {"channels": args.channels} if args.channels else {}
     model = slstm.models.build_model(
-        "mnist_cnn", splits.input_shape, splits.num_classes
+        "mnist_cnn", splits.input_shape, splits.num_classes, **sizes
     ).to(device)
     optimizer = make_optimizer(name, model, checkpoints)
     needs_curvature = slstm.optim.OPTIMIZERS[name].needs_curvature
@@ -106,6 +120,14 @@ def main(argv=None) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.channels < 0:
+        print(f"--channels must be >= 0, got {args.channels}", file=sys.stderr)
+        return 2
+    if args.threads is not None:
+        if args.threads < 1:
+            print(f"--threads must be >= 1, got {args.threads}", file=sys.stderr)
+            return 2
+        torch.set_num_threads(args.threads)
     checkpoints = {}
     for entry in args.checkpoint:
         name, separator, path = entry.partition("=")

@@ -28,7 +28,8 @@ def load_example():
     reason=f"Fashion-MNIST not in {FASHION_MNIST_DIR}",
 )
 def test_example_trains_with_every_optimizer(tmp_path, capsys):
-    arguments = ["--steps", "3", "--batch-size", "16", "--eval-examples", "64"]
+    arguments = ["--steps", "3", "--batch-size", "16", "--eval-examples", "64",
+                 "--channels", "4", "--threads", "1"]  # fmt: skip
     for name in ("lstm", "slstm"):
         # Untrained networks with a small read-out: this checks the loop, not
         # how well an optimizer meta-trained on tiny CNNs trains this larger one.
@@ -39,7 +40,12 @@ def test_example_trains_with_every_optimizer(tmp_path, capsys):
             nn.init.normal_(net.readout.weight, std=1e-3)
         path = save_checkpoint(tmp_path / f"{name}.pt", nets, config, {})
         arguments += ["--checkpoint", f"{name}={path}"]
-    assert load_example().main(arguments) == 0
+    threads = torch.get_num_threads()
+    try:
+        assert load_example().main(arguments) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
     assert [row[0] for row in rows] == list(OPTIMIZERS)
     for row in rows:
@@ -58,3 +64,9 @@ def test_example_reports_missing_checkpoint(tmp_path, capsys):
 def test_example_rejects_unknown_optimizer(capsys):
     assert load_example().main(["--optimizers", "adagrad", "--data", "digits"]) == 2
     assert "unknown optimizers" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option, value", [("--threads", "0"), ("--channels", "-1")])
+def test_example_rejects_bad_sizes(capsys, option, value):
+    assert load_example().main([option, value, "--data", "digits"]) == 2
+    assert f"{option} must be >= " in capsys.readouterr().err
