@@ -264,3 +264,39 @@ def test_score_baseline_script(tmp_path, tiny_config):
 def test_score_baseline_rejects_other_optimizers(tiny_config, name):
     with pytest.raises(ValueError, match="score_baseline takes one of"):
         score_baseline(name, 0.1, tiny_config(), [3])
+
+
+def test_score_baseline_script_options(tmp_path, tiny_config):
+    script = Path(__file__).resolve().parents[2] / "scripts" / "score_baseline.py"
+    env = {**os.environ, "PYTHONPATH": SRC}
+
+    def run(config, *options):
+        config_path = tmp_path / "config.json"
+        config_path.write_text(config.to_json())
+        command = [sys.executable, str(script), str(config_path), *options]
+        return subprocess.run(command, capture_output=True, text=True, env=env)
+
+    # --device overrides a config that names a device this machine may lack.
+    on_cpu = run(tiny_config(device="cuda"), "--lr", "0.01", "--horizons", "3",
+                 "--device", "cpu")  # fmt: skip
+    assert on_cpu.returncode == 0, on_cpu.stderr
+    assert "adam lr 0.01 on 1 network\n" in on_cpu.stdout
+    assert "warning" not in on_cpu.stderr
+
+    # --data-dir overrides the config's, so the error names the given folder.
+    missing = tmp_path / "no-such-folder"
+    mnist = tiny_config(data="mnist", validation=0.1)
+    no_data = run(mnist, "--lr", "0.01", "--data-dir", str(missing))
+    assert no_data.returncode == 2
+    assert str(missing) in no_data.stderr, no_data.stderr
+
+    diverged = run(tiny_config(), "--lr", "1e6", "--horizons", "3,6",
+                   "--device", "cpu")  # fmt: skip
+    assert diverged.returncode == 0, diverged.stderr
+    assert "| 3 | inf |" in diverged.stdout
+    assert "network diverged within 3 steps" in diverged.stderr
+    assert "try a smaller --lr" in diverged.stderr
+
+    usage = run(tiny_config(), "--help")
+    assert usage.returncode == 0
+    assert "(default: adam)" in usage.stdout
