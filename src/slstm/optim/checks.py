@@ -44,6 +44,8 @@ def step_inputs(param_groups, *, hessian: bool):
             name = f"parameter {param_index} of group {group_index}"
             if "kind" in group:
                 name += f" ({group['kind']})"
+            if "param_names" in group:  # torch.optim stores the names of pairs here
+                name += f" named {group['param_names'][param_index]!r}"
             hessian_diag = getattr(p, "hessian_diag", None) if hessian else None
             if hessian and hessian_diag is None:
                 raise ValueError(
