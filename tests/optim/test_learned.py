@@ -433,6 +433,49 @@ def test_load_state_dict_rejects_other_kinds():
         swapped.load_state_dict(optimizer.state_dict())
 
 
+def test_load_state_dict_rejects_other_sizes():
+    config = LearnedOptimizerConfig.preset("lstm")
+    nets = create_update_nets(config)
+    small, large = nn.Linear(5, 2), nn.Linear(10, 2)
+    optimizer = LearnedOptimizer(small, nets, config)
+    small(torch.randn(1, 5)).sum().backward()
+    optimizer.step()
+    other = LearnedOptimizer(large, nets, config)
+    with pytest.raises(ValueError) as info:
+        other.load_state_dict(optimizer.state_dict())
+    message = str(info.value)
+    assert "state_dict['state'][0]['hidden'] has shape (2, 20, 10)" in message
+    assert "parameter 0 of group 0 (fc)" in message
+    assert "needs state of shape (2, 20, 20)" in message
+    assert "saved from an optimizer over the same model" in message
+    assert len(other.state) == 0
+
+    fewer = LearnedOptimizer([large.weight], nets, config)
+    with pytest.raises(ValueError, match="has 2 parameters but this optimizer's has 1"):
+        fewer.load_state_dict(optimizer.state_dict())
+
+    incomplete = copy.deepcopy(optimizer.state_dict())
+    del incomplete["state"][1]["cell"]
+    same = LearnedOptimizer(copy.deepcopy(small), nets, config)
+    with pytest.raises(ValueError, match=r"\['state'\]\[1\] has no 'cell' tensor"):
+        same.load_state_dict(incomplete)
+
+
+def test_non_finite_error_has_learned_advice():
+    config = LearnedOptimizerConfig.preset("lstm")
+    nets = create_update_nets(config)
+    model = small_cnn()
+    params = list(model.parameters())
+    grads = [torch.zeros_like(p) for p in params]
+    grads[0][0, 0, 0, 0] = float("inf")
+    kinds = ["conv", "conv", "fc", "fc"]
+    with pytest.raises(NonFiniteInputError) as info:
+        learned_update(nets, config, params, grads, None, kinds)
+    assert "learning rate, but a smaller output scale" in str(info.value)
+    assert "slstm calibrate" in str(info.value)
+    assert "Lower the learning rate" not in str(info.value)
+
+
 def test_reset_state_restarts_run():
     config = LearnedOptimizerConfig.preset("lstm")
     nets = random_nets(config)

@@ -12,7 +12,12 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from slstm.optim.checks import MISSING_HESSIAN_HINT, check_finite, step_inputs
+from slstm.optim.checks import (
+    LEARNED_ADVICE,
+    MISSING_HESSIAN_HINT,
+    check_finite,
+    step_inputs,
+)
 from slstm.optim.config import LearnedOptimizerConfig
 from slstm.optim.features import build_features, build_features_into, num_features
 from slstm.optim.kinds import infer_kinds_from_shapes, param_groups_by_kind
@@ -85,9 +90,11 @@ def compute_update(
     if hessian_diag is not None:
         hessian_diag = hessian_diag.detach()
     if check_inputs:
-        check_finite(grad, f"the gradient of {name}")
+        check_finite(grad, f"the gradient of {name}", LEARNED_ADVICE)
         if config.needs_curvature and hessian_diag is not None:
-            check_finite(hessian_diag, f"the diagonal Hessian of {name}")
+            check_finite(
+                hessian_diag, f"the diagonal Hessian of {name}", LEARNED_ADVICE
+            )
     if config.needs_curvature and hessian_diag is None:
         raise ValueError(
             f"{name} has no diagonal Hessian, which the inputs {config.inputs} "
@@ -303,6 +310,10 @@ class LearnedOptimizer(torch.optim.Optimizer):
         self.state.clear()
 
     def load_state_dict(self, state_dict: dict) -> None:
+        """Load a ``state_dict()`` of an optimizer over a model of the same
+        layout: the same kinds of groups and, per parameter, the same number of
+        coordinates, which the saved LSTM state is shaped for.
+        """
         saved = [group.get("kind") for group in state_dict["param_groups"]]
         current = [group["kind"] for group in self.param_groups]
         if saved != current:
@@ -310,7 +321,48 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 f"the state dict has parameter groups of kinds {saved} but this "
                 f"optimizer has {current}; build it with the same groups"
             )
+        self._check_saved_state(state_dict)
         super().load_state_dict(state_dict)
+
+    def _check_saved_state(self, state_dict: dict) -> None:
+        """Raise ``ValueError`` unless each saved ``"hidden"`` and ``"cell"`` has
+        the shape ``(num_layers, hidden_size, p.numel())`` of the parameter ``p``
+        that the base class will hand it to (the one at the same position)."""
+        fix = "load a state dict saved from an optimizer over the same model"
+        saved_state = state_dict["state"]
+        for group_index, (saved, group) in enumerate(
+            zip(state_dict["param_groups"], self.param_groups, strict=True)
+        ):
+            if len(saved["params"]) != len(group["params"]):
+                raise ValueError(
+                    f"group {group_index} ({group['kind']}) of the state dict has "
+                    f"{len(saved['params'])} parameters but this optimizer's has "
+                    f"{len(group['params'])}; {fix}"
+                )
+            net = self.nets[group["kind"]]
+            for param_index, (key, p) in enumerate(
+                zip(saved["params"], group["params"], strict=True)
+            ):
+                entry = saved_state.get(key)
+                if entry is None:  # the parameter has taken no step yet
+                    continue
+                expected = (net.num_layers, net.hidden_size, p.numel())
+                for part in ("hidden", "cell"):
+                    tensor = entry.get(part)
+                    if tensor is None:
+                        raise ValueError(
+                            f"state_dict['state'][{key!r}] has no {part!r} tensor, "
+                            f"so a LearnedOptimizer did not save it; {fix}"
+                        )
+                    if tuple(tensor.shape) != expected:
+                        raise ValueError(
+                            f"state_dict['state'][{key!r}][{part!r}] has shape "
+                            f"{tuple(tensor.shape)}, but it belongs to parameter "
+                            f"{param_index} of group {group_index} "
+                            f"({group['kind']}), which has shape "
+                            f"{tuple(p.shape)} and needs state of shape "
+                            f"{expected}; {fix}"
+                        )
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -323,7 +375,11 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        entries = step_inputs(self.param_groups, hessian=self.config.needs_curvature)
+        entries = step_inputs(
+            self.param_groups,
+            hessian=self.config.needs_curvature,
+            advice=LEARNED_ADVICE,
+        )
         # The networks' weights are fixed during a step, so each layer's fused
         # weight is built once here rather than once per block of coordinates.
         self._workspace["fused_weights"] = {}
