@@ -300,3 +300,49 @@ def test_score_baseline_script_options(tmp_path, tiny_config):
     usage = run(tiny_config(), "--help")
     assert usage.returncode == 0
     assert "(default: adam)" in usage.stdout
+
+
+@pytest.mark.skipif(not Path("/proc/self").exists(), reason="needs Linux's /proc")
+def test_unwritable_out_is_rejected_before_loading(tmp_path):
+    # /proc takes no new files, even for root, whom os.access lets write there.
+    # The checkpoint is missing, so the --out error shows it is checked first.
+    with pytest.raises(ValueError) as info:
+        calibrate_output_scale(tmp_path / "absent.pt", [0.1], out="/proc/c.pt")
+    assert "--out '/proc/c.pt' cannot be written" in str(info.value)
+    assert "pass a path in a writable folder" in str(info.value)
+
+
+def test_out_check_leaves_no_folders(tmp_path):
+    from slstm.meta.calibrate import _check_out
+
+    out = tmp_path / "new" / "deeper" / "c.pt"
+    assert _check_out(out) == out
+    assert list(tmp_path.iterdir()) == []
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    with pytest.raises(ValueError, match="is not a folder"):
+        _check_out(blocked / "sub" / "c.pt")
+
+
+def test_failed_write_prints_scores_first(trained, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import slstm.optim
+
+    _, out = trained
+    temporary = str(tmp_path / "tmpabc123.tmp")
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", temporary)
+
+    monkeypatch.setattr(slstm.optim, "save_checkpoint", full_disk)
+    target = tmp_path / "c.pt"
+    code = main(["calibrate", str(out / "last.pt"), "--scales", "0.1",
+                 "--validation-tasks", "1", "--out", str(target)])  # fmt: skip
+    assert code == 2
+    printed = capsys.readouterr()
+    assert "| 0.1 (best) |" in printed.out
+    assert f"writing --out {str(target)!r} failed" in printed.err
+    assert "No space left on device" in printed.err
+    assert "the best output scale was 0.1" in printed.err
+    assert "tmpabc123" not in printed.err
