@@ -346,3 +346,13 @@ def test_failed_write_prints_scores_first(trained, tmp_path, capsys, monkeypatch
     assert "No space left on device" in printed.err
     assert "the best output scale was 0.1" in printed.err
     assert "tmpabc123" not in printed.err
+
+
+@pytest.mark.parametrize("text", ["0.1,", "0.1,,0.2", ",0.1", "0.1, ,0.2"])
+def test_cli_rejects_empty_scale_entries(text, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["calibrate", "any.pt", "--scales", text])
+    assert info.value.code == 2
+    assert f"separated by commas, such as 0.1,0.2,0.3, got {text!r}" in (
+        capsys.readouterr().err
+    )

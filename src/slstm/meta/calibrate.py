@@ -470,10 +470,11 @@ def _int_list(text: str) -> list[int]:
 
 def _float_list(text: str) -> list[float]:
     try:
-        return [float(part) for part in text.split(",") if part.strip()]
+        # float("") raises, so an empty entry such as in "0.1," is rejected.
+        return [float(part) for part in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers, got {text!r}"
+            f"expected numbers separated by commas, such as 0.1,0.2,0.3, got {text!r}"
         ) from None
 
 
