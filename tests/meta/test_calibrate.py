@@ -264,3 +264,95 @@ def test_score_baseline_script(tmp_path, tiny_config):
 def test_score_baseline_rejects_other_optimizers(tiny_config, name):
     with pytest.raises(ValueError, match="score_baseline takes one of"):
         score_baseline(name, 0.1, tiny_config(), [3])
+
+
+def test_score_baseline_script_options(tmp_path, tiny_config):
+    script = Path(__file__).resolve().parents[2] / "scripts" / "score_baseline.py"
+    env = {**os.environ, "PYTHONPATH": SRC}
+
+    def run(config, *options):
+        config_path = tmp_path / "config.json"
+        config_path.write_text(config.to_json())
+        command = [sys.executable, str(script), str(config_path), *options]
+        return subprocess.run(command, capture_output=True, text=True, env=env)
+
+    # --device overrides a config that names a device this machine may lack.
+    on_cpu = run(tiny_config(device="cuda"), "--lr", "0.01", "--horizons", "3",
+                 "--device", "cpu")  # fmt: skip
+    assert on_cpu.returncode == 0, on_cpu.stderr
+    assert "adam lr 0.01 on 1 network\n" in on_cpu.stdout
+    assert "warning" not in on_cpu.stderr
+
+    # --data-dir overrides the config's, so the error names the given folder.
+    missing = tmp_path / "no-such-folder"
+    mnist = tiny_config(data="mnist", validation=0.1)
+    no_data = run(mnist, "--lr", "0.01", "--data-dir", str(missing))
+    assert no_data.returncode == 2
+    assert str(missing) in no_data.stderr, no_data.stderr
+
+    diverged = run(tiny_config(), "--lr", "1e6", "--horizons", "3,6",
+                   "--device", "cpu")  # fmt: skip
+    assert diverged.returncode == 0, diverged.stderr
+    assert "| 3 | inf |" in diverged.stdout
+    assert "network diverged within 3 steps" in diverged.stderr
+    assert "try a smaller --lr" in diverged.stderr
+
+    usage = run(tiny_config(), "--help")
+    assert usage.returncode == 0
+    assert "(default: adam)" in usage.stdout
+
+
+@pytest.mark.skipif(not Path("/proc/self").exists(), reason="needs Linux's /proc")
+def test_unwritable_out_is_rejected_before_loading(tmp_path):
+    # /proc takes no new files, even for root, whom os.access lets write there.
+    # The checkpoint is missing, so the --out error shows it is checked first.
+    with pytest.raises(ValueError) as info:
+        calibrate_output_scale(tmp_path / "absent.pt", [0.1], out="/proc/c.pt")
+    assert "--out '/proc/c.pt' cannot be written" in str(info.value)
+    assert "pass a path in a writable folder" in str(info.value)
+
+
+def test_out_check_leaves_no_folders(tmp_path):
+    from slstm.meta.calibrate import _check_out
+
+    out = tmp_path / "new" / "deeper" / "c.pt"
+    assert _check_out(out) == out
+    assert list(tmp_path.iterdir()) == []
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    with pytest.raises(ValueError, match="is not a folder"):
+        _check_out(blocked / "sub" / "c.pt")
+
+
+def test_failed_write_prints_scores_first(trained, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import slstm.optim
+
+    _, out = trained
+    temporary = str(tmp_path / "tmpabc123.tmp")
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", temporary)
+
+    monkeypatch.setattr(slstm.optim, "save_checkpoint", full_disk)
+    target = tmp_path / "c.pt"
+    code = main(["calibrate", str(out / "last.pt"), "--scales", "0.1",
+                 "--validation-tasks", "1", "--out", str(target)])  # fmt: skip
+    assert code == 2
+    printed = capsys.readouterr()
+    assert "| 0.1 (best) |" in printed.out
+    assert f"writing --out {str(target)!r} failed" in printed.err
+    assert "No space left on device" in printed.err
+    assert "the best output scale was 0.1" in printed.err
+    assert "tmpabc123" not in printed.err
+
+
+@pytest.mark.parametrize("text", ["0.1,", "0.1,,0.2", ",0.1", "0.1, ,0.2"])
+def test_cli_rejects_empty_scale_entries(text, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["calibrate", "any.pt", "--scales", text])
+    assert info.value.code == 2
+    assert f"separated by commas, such as 0.1,0.2,0.3, got {text!r}" in (
+        capsys.readouterr().err
+    )

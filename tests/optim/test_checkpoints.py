@@ -261,3 +261,17 @@ def test_load_builds_optimizer(tmp_path):
         not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True)
     ]
     assert all(changed)
+
+
+def test_load_accepts_named_parameters(tmp_path):
+    config = LearnedOptimizerConfig.preset("lstm")
+    path = save_checkpoint(tmp_path / "a.pt", trained_looking_nets(config), config, {})
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(8, 2))
+    optimizer = load(path, model.named_parameters())
+    names = [group["param_names"] for group in optimizer.param_groups]
+    assert names == [["0.weight", "0.bias"], ["2.weight", "2.bias"]]
+    model(torch.randn(3, 1, 4, 4)).sum().backward()
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer.step()
+    for b, p in zip(before, model.parameters(), strict=True):
+        assert not torch.equal(b, p)

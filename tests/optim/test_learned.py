@@ -128,6 +128,73 @@ def test_optimizer_accepts_model_groups_and_bare_params():
         assert kinds == expected
 
 
+def test_optimizer_accepts_named_parameters():
+    config = LearnedOptimizerConfig.preset("lstm")
+    nets = random_nets(config)
+    model = small_cnn()
+    twin = copy.deepcopy(model)
+    named = LearnedOptimizer(model.named_parameters(), nets, config)
+    kinds = [(g["kind"], g["param_names"]) for g in named.param_groups]
+    assert kinds == [("conv", ["0.weight", "0.bias"]), ("fc", ["3.weight", "3.bias"])]
+    assert all(isinstance(p, torch.Tensor) for p in named.param_groups[0]["params"])
+    bare = LearnedOptimizer(twin.parameters(), nets, config)
+    set_gradients(model, seed=0, curvature=False)
+    set_gradients(twin, seed=0, curvature=False)
+    named.step()
+    bare.step()
+    for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_optimizer_accepts_named_groups():
+    config = LearnedOptimizerConfig.preset("lstm")
+    model = small_cnn()
+    groups = [
+        {"params": model[0].named_parameters(prefix="0")},
+        {"params": list(model[3].named_parameters(prefix="3")), "kind": "fc"},
+    ]
+    optimizer = LearnedOptimizer(groups, create_update_nets(config), config)
+    kinds = [(g["kind"], g["param_names"]) for g in optimizer.param_groups]
+    assert kinds == [("conv", ["0.weight", "0.bias"]), ("fc", ["3.weight", "3.bias"])]
+
+
+def test_step_error_names_named_parameter():
+    config = LearnedOptimizerConfig.preset("lstm")
+    model = small_cnn()
+    optimizer = LearnedOptimizer(
+        model.named_parameters(), create_update_nets(config), config
+    )
+    set_gradients(model, seed=0, curvature=False)
+    model[3].weight.grad[0, 0] = float("nan")
+    with pytest.raises(NonFiniteInputError, match=r"group 1 \(fc\) named '3.weight'"):
+        optimizer.step()
+
+
+def test_optimizer_rejects_non_parameters():
+    config = LearnedOptimizerConfig.preset("lstm")
+    nets = create_update_nets(config)
+    model = small_cnn()
+    weight = model[0].weight
+    cases = [
+        (None, "params is None (NoneType)"),
+        (3, "params is 3 (int)"),
+        ("lstm-fashion-mnist", "params is the str 'lstm-fashion-mnist'"),
+        (model.state_dict(), "with keys ['0.weight', '0.bias', '3.weight', "),
+        (torch.optim.SGD(model.parameters(), lr=0.1), "an optimizer (SGD)"),
+        ({"params": [weight]}, "a single parameter-group dict"),
+        ([weight, None], "entry 1 of params is None (NoneType)"),
+        ([("0.weight", "not a tensor")], "entry 0 of params is ("),
+        ([{"params": [weight, 7]}], "entry 1 of parameter group 0's params is 7"),
+    ]
+    for params, message in cases:
+        with pytest.raises(TypeError) as info:
+            LearnedOptimizer(params, nets, config)
+        assert message in str(info.value), params
+        assert "expected" in str(info.value), params
+    with pytest.raises(ValueError, match=r"mixes 1 \(name, tensor\) pairs with 1"):
+        LearnedOptimizer([("0.weight", weight), model[0].bias], nets, config)
+
+
 def test_optimizer_explicit_kind_overrides_shape():
     config = LearnedOptimizerConfig.preset("lstm")
     model = small_cnn()
@@ -364,6 +431,49 @@ def test_load_state_dict_rejects_other_kinds():
     )
     with pytest.raises(ValueError, match="kinds"):
         swapped.load_state_dict(optimizer.state_dict())
+
+
+def test_load_state_dict_rejects_other_sizes():
+    config = LearnedOptimizerConfig.preset("lstm")
+    nets = create_update_nets(config)
+    small, large = nn.Linear(5, 2), nn.Linear(10, 2)
+    optimizer = LearnedOptimizer(small, nets, config)
+    small(torch.randn(1, 5)).sum().backward()
+    optimizer.step()
+    other = LearnedOptimizer(large, nets, config)
+    with pytest.raises(ValueError) as info:
+        other.load_state_dict(optimizer.state_dict())
+    message = str(info.value)
+    assert "state_dict['state'][0]['hidden'] has shape (2, 20, 10)" in message
+    assert "parameter 0 of group 0 (fc)" in message
+    assert "needs state of shape (2, 20, 20)" in message
+    assert "saved from an optimizer over the same model" in message
+    assert len(other.state) == 0
+
+    fewer = LearnedOptimizer([large.weight], nets, config)
+    with pytest.raises(ValueError, match="has 2 parameters but this optimizer's has 1"):
+        fewer.load_state_dict(optimizer.state_dict())
+
+    incomplete = copy.deepcopy(optimizer.state_dict())
+    del incomplete["state"][1]["cell"]
+    same = LearnedOptimizer(copy.deepcopy(small), nets, config)
+    with pytest.raises(ValueError, match=r"\['state'\]\[1\] has no 'cell' tensor"):
+        same.load_state_dict(incomplete)
+
+
+def test_non_finite_error_has_learned_advice():
+    config = LearnedOptimizerConfig.preset("lstm")
+    nets = create_update_nets(config)
+    model = small_cnn()
+    params = list(model.parameters())
+    grads = [torch.zeros_like(p) for p in params]
+    grads[0][0, 0, 0, 0] = float("inf")
+    kinds = ["conv", "conv", "fc", "fc"]
+    with pytest.raises(NonFiniteInputError) as info:
+        learned_update(nets, config, params, grads, None, kinds)
+    assert "learning rate, but a smaller output scale" in str(info.value)
+    assert "slstm calibrate" in str(info.value)
+    assert "Lower the learning rate" not in str(info.value)
 
 
 def test_reset_state_restarts_run():

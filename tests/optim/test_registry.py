@@ -192,6 +192,24 @@ def test_non_finite_gradient_raises(name, bad, learned_nets):
     assert torch.equal(before[0], model[0].weight.detach())
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_non_finite_advice_fits_optimizer(name, learned_nets):
+    model = digits_cnn(4)
+    optimizer = build(name, model, learned_nets)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+        p.hessian_diag = torch.ones_like(p)
+    model[0].bias.grad[1] = float("nan")
+    with pytest.raises(NonFiniteInputError) as info:
+        optimizer.step()
+    message = str(info.value)
+    if OPTIMIZERS[name].learned:
+        assert "Lower the learning rate" not in message
+        assert "slstm calibrate" in message
+    else:
+        assert "Lower the learning rate" in message
+
+
 @pytest.mark.parametrize("name", ["diagonal-newton", "slstm"])
 def test_non_finite_curvature_raises(name, learned_nets):
     model = digits_cnn(4)

@@ -50,6 +50,15 @@ class ScaleTrial:
     errors: list = field(default_factory=list)
 
 
+class OutputWriteError(OSError):
+    """Writing the checkpoint with the best scale failed after every scale was
+    scored; ``result`` contains the scores, with ``result.out`` None."""
+
+    def __init__(self, message: str, result: "CalibrationResult"):
+        super().__init__(message)
+        self.result = result
+
+
 @dataclass
 class CalibrationResult:
     """Outcome of :func:`calibrate_output_scale`.
@@ -113,6 +122,11 @@ def calibrate_output_scale(
         threads: torch CPU threads (default: the configuration's).
         out: where to write the checkpoint with the best scale; its provenance
             is the original one plus an ``output_scale_calibration`` record.
+            Its folder is checked for writing before any scale is scored.
+
+    Raises:
+        OutputWriteError: ``out`` could not be written after scoring; its
+            ``result`` contains the scores.
     """
     from slstm.meta.trainer import (
         MetaTrainer,
@@ -233,7 +247,17 @@ def calibrate_output_scale(
             net.output_scale = best.output_scale
         new_config = replace(loaded.config, output_scale=best.output_scale)
         provenance = {**loaded.provenance, "output_scale_calibration": record}
-        result.out = Path(save_checkpoint(out, chosen, new_config, provenance))
+        try:
+            result.out = Path(save_checkpoint(out, chosen, new_config, provenance))
+        except OSError as error:
+            # The error's own file name is save_checkpoint's temporary file,
+            # which the caller never named, so report --out instead.
+            raise OutputWriteError(
+                f"writing --out {str(out)!r} failed after scoring: "
+                f"{error.strerror or error}; the best output scale was "
+                f"{best.output_scale!r}. Pass a writable --out path and run again",
+                result,
+            ) from error
     return result
 
 
@@ -315,7 +339,12 @@ def _check_scales(scales) -> list[float]:
 
 
 def _check_out(out) -> Path:
-    """Reject an output path that cannot take a file, before any scale is scored."""
+    """Reject an output path that cannot take a file, before any scale is scored.
+
+    The check creates the missing folders and a scratch file in the last one,
+    then removes all of them, so that a rejected or failed run leaves nothing
+    behind.
+    """
     if str(out) == "":
         raise ValueError("--out is empty; pass a file path such as calibrated.pt")
     out = Path(out)
@@ -323,14 +352,35 @@ def _check_out(out) -> Path:
         raise ValueError(
             f"--out {str(out)!r} exists and is not a regular file; pass a file path"
         )
+    missing = []  # deepest first, the order to remove them in
     parent = out.parent
     while not parent.exists():
+        missing.append(parent)
         parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
+    if not parent.is_dir():
         raise ValueError(
             f"--out {str(out)!r} cannot be written: {str(parent)!r} is not a "
-            "writable folder"
+            "folder; pass a path in a writable folder"
         )
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        # os.access cannot tell: for root it reports every folder, even /proc,
+        # as writable.
+        handle, scratch = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
+        os.close(handle)
+        os.remove(scratch)
+    except OSError as error:
+        raise ValueError(
+            f"--out {str(out)!r} cannot be written: creating a file in "
+            f"{str(out.parent)!r} failed ({error.strerror or error}); pass a path "
+            "in a writable folder"
+        ) from None
+    finally:
+        for folder in missing:
+            try:
+                folder.rmdir()
+            except OSError:  # never created, or not empty
+                pass
     return out
 
 
@@ -421,10 +471,11 @@ def _int_list(text: str) -> list[int]:
 
 def _float_list(text: str) -> list[float]:
     try:
-        return [float(part) for part in text.split(",") if part.strip()]
+        # float("") raises, so an empty entry such as in "0.1," is rejected.
+        return [float(part) for part in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers, got {text!r}"
+            f"expected numbers separated by commas, such as 0.1,0.2,0.3, got {text!r}"
         ) from None
 
 
@@ -448,12 +499,25 @@ def run(args: argparse.Namespace) -> int:
             threads=args.threads,
             out=args.out,
         )
+    except OutputWriteError as error:
+        # Scoring can take minutes, so show the scores before the failure.
+        _print_scores(error.result)
+        print(f"slstm calibrate: {error}", file=sys.stderr)
+        return 2
     except (ValueError, OSError, CheckpointError) as error:
         print(f"slstm calibrate: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("slstm calibrate: interrupted; nothing was written", file=sys.stderr)
         return 130
+    _print_scores(result)
+    if result.out is not None:
+        print(f"wrote {result.out} with output scale {result.best_scale!r}")
+    return 0
+
+
+def _print_scores(result: CalibrationResult) -> None:
+    """Print one Markdown table row per scale, marking the best."""
     horizons = result.trials[0].horizons
     columns = "".join(f" loss @{h} | error @{h} |" for h in horizons)
     print(f"| output scale |{columns} mean loss |")
@@ -465,6 +529,3 @@ def run(args: argparse.Namespace) -> int:
             for loss, error in zip(trial.losses, trial.errors, strict=True)
         )
         print(f"| {trial.output_scale!r}{mark} |{cells} {trial.validation_loss:.4f} |")
-    if result.out is not None:
-        print(f"wrote {result.out} with output scale {result.best_scale!r}")
-    return 0

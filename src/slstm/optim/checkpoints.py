@@ -353,9 +353,10 @@ def load_checkpoint(name_or_path, map_location=None) -> Checkpoint:
 def load(name_or_path, params_or_model, *, map_location=None, **kwargs):
     """Return a ``LearnedOptimizer`` over ``params_or_model`` from a checkpoint.
 
-    ``params_or_model`` is a model, parameter groups with ``"kind"``, or
-    ``model.parameters()``; the networks move to the first parameter's device
-    unless ``map_location`` is given. ``kwargs`` go to ``LearnedOptimizer``.
+    ``params_or_model`` is a model, parameter groups with ``"kind"``,
+    ``model.parameters()`` or ``model.named_parameters()``; the networks move to
+    the first parameter's device unless ``map_location`` is given. ``kwargs`` go
+    to ``LearnedOptimizer``.
     """
     checkpoint = load_checkpoint(name_or_path, map_location=map_location)
     optimizer = LearnedOptimizer(

@@ -6,12 +6,18 @@ inside an ordinary training loop. Both run each parameter tensor through the
 update network of its kind with that tensor's own slice of recurrent state.
 """
 
+import reprlib
 from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from slstm.optim.checks import MISSING_HESSIAN_HINT, check_finite, step_inputs
+from slstm.optim.checks import (
+    LEARNED_ADVICE,
+    MISSING_HESSIAN_HINT,
+    check_finite,
+    step_inputs,
+)
 from slstm.optim.config import LearnedOptimizerConfig
 from slstm.optim.features import build_features, build_features_into, num_features
 from slstm.optim.kinds import infer_kinds_from_shapes, param_groups_by_kind
@@ -84,9 +90,11 @@ def compute_update(
     if hessian_diag is not None:
         hessian_diag = hessian_diag.detach()
     if check_inputs:
-        check_finite(grad, f"the gradient of {name}")
+        check_finite(grad, f"the gradient of {name}", LEARNED_ADVICE)
         if config.needs_curvature and hessian_diag is not None:
-            check_finite(hessian_diag, f"the diagonal Hessian of {name}")
+            check_finite(
+                hessian_diag, f"the diagonal Hessian of {name}", LEARNED_ADVICE
+            )
     if config.needs_curvature and hessian_diag is None:
         raise ValueError(
             f"{name} has no diagonal Hessian, which the inputs {config.inputs} "
@@ -205,9 +213,11 @@ class LearnedOptimizer(torch.optim.Optimizer):
 
     Args:
         params: a model (its kinds are read from its modules), parameter groups
-            with a ``"kind"`` key, or a bare parameter list such as
-            ``model.parameters()`` (kinds guessed from shapes, see
-            ``infer_kinds_from_shapes``).
+            with a ``"kind"`` key, or a parameter list such as
+            ``model.parameters()`` or ``model.named_parameters()`` (kinds
+            guessed from shapes, see ``infer_kinds_from_shapes``). As in
+            ``torch.optim``, named parameters put their names under each
+            group's ``"param_names"``.
         nets: ``{kind: UpdateNet}``, on the parameters' device.
         config: the configuration the networks were built with.
         check_inputs: raise ``NonFiniteInputError`` on NaN or inf gradients or
@@ -251,12 +261,24 @@ class LearnedOptimizer(torch.optim.Optimizer):
         )
 
     def add_param_group(self, param_group: dict) -> None:
-        """Add a group; a group without ``"kind"`` gets the kind its shapes imply."""
+        """Add a group; a group without ``"kind"`` gets the kind its shapes imply.
+
+        ``param_group["params"]`` contains tensors or ``(name, tensor)`` pairs; the
+        base class moves the names of pairs to ``"param_names"``.
+        """
+        if not isinstance(param_group, dict):
+            raise TypeError(
+                f"a parameter group must be a dict with a 'params' key, got "
+                f"{_describe(param_group)}"
+            )
         params = param_group["params"]
         params = [params] if isinstance(params, torch.Tensor) else list(params)
+        tensors = _param_tensors(
+            params, f"parameter group {len(self.param_groups)}'s params"
+        )
         kind = param_group.get("kind")
         if kind is None:
-            guessed = set(infer_kinds_from_shapes(params))
+            guessed = set(infer_kinds_from_shapes(tensors))
             if len(guessed) != 1:
                 raise ValueError(
                     f"a parameter group without 'kind' mixes kinds {sorted(guessed)}; "
@@ -288,6 +310,10 @@ class LearnedOptimizer(torch.optim.Optimizer):
         self.state.clear()
 
     def load_state_dict(self, state_dict: dict) -> None:
+        """Load a ``state_dict()`` of an optimizer over a model of the same
+        layout: the same kinds of groups and, per parameter, the same number of
+        coordinates, which the saved LSTM state is shaped for.
+        """
         saved = [group.get("kind") for group in state_dict["param_groups"]]
         current = [group["kind"] for group in self.param_groups]
         if saved != current:
@@ -295,7 +321,48 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 f"the state dict has parameter groups of kinds {saved} but this "
                 f"optimizer has {current}; build it with the same groups"
             )
+        self._check_saved_state(state_dict)
         super().load_state_dict(state_dict)
+
+    def _check_saved_state(self, state_dict: dict) -> None:
+        """Raise ``ValueError`` unless each saved ``"hidden"`` and ``"cell"`` has
+        the shape ``(num_layers, hidden_size, p.numel())`` of the parameter ``p``
+        that the base class will hand it to (the one at the same position)."""
+        fix = "load a state dict saved from an optimizer over the same model"
+        saved_state = state_dict["state"]
+        for group_index, (saved, group) in enumerate(
+            zip(state_dict["param_groups"], self.param_groups, strict=True)
+        ):
+            if len(saved["params"]) != len(group["params"]):
+                raise ValueError(
+                    f"group {group_index} ({group['kind']}) of the state dict has "
+                    f"{len(saved['params'])} parameters but this optimizer's has "
+                    f"{len(group['params'])}; {fix}"
+                )
+            net = self.nets[group["kind"]]
+            for param_index, (key, p) in enumerate(
+                zip(saved["params"], group["params"], strict=True)
+            ):
+                entry = saved_state.get(key)
+                if entry is None:  # the parameter has taken no step yet
+                    continue
+                expected = (net.num_layers, net.hidden_size, p.numel())
+                for part in ("hidden", "cell"):
+                    tensor = entry.get(part)
+                    if tensor is None:
+                        raise ValueError(
+                            f"state_dict['state'][{key!r}] has no {part!r} tensor, "
+                            f"so a LearnedOptimizer did not save it; {fix}"
+                        )
+                    if tuple(tensor.shape) != expected:
+                        raise ValueError(
+                            f"state_dict['state'][{key!r}][{part!r}] has shape "
+                            f"{tuple(tensor.shape)}, but it belongs to parameter "
+                            f"{param_index} of group {group_index} "
+                            f"({group['kind']}), which has shape "
+                            f"{tuple(p.shape)} and needs state of shape "
+                            f"{expected}; {fix}"
+                        )
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -308,7 +375,11 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        entries = step_inputs(self.param_groups, hessian=self.config.needs_curvature)
+        entries = step_inputs(
+            self.param_groups,
+            hessian=self.config.needs_curvature,
+            advice=LEARNED_ADVICE,
+        )
         # The networks' weights are fixed during a step, so each layer's fused
         # weight is built once here rather than once per block of coordinates.
         self._workspace["fused_weights"] = {}
@@ -361,12 +432,72 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 flat_param[block].add_(update)
 
 
+EXPECTED_PARAMS = (
+    "expected a model, or an iterable of tensors such as model.parameters(), of "
+    "(name, tensor) pairs such as model.named_parameters(), or of parameter-group "
+    "dicts"
+)
+
+
+def _describe(value) -> str:
+    """Return a short repr of ``value`` with its type, for error messages."""
+    return f"{reprlib.repr(value)} ({type(value).__name__})"
+
+
+def _check_params_container(params) -> None:
+    """Raise ``TypeError`` for a ``params`` argument that lists no parameters."""
+    hint = ""
+    if isinstance(params, torch.optim.Optimizer):
+        got = f"an optimizer ({type(params).__name__})"
+        hint = " Pass the parameters that optimizer was built with."
+    elif isinstance(params, Mapping) and "params" in params:
+        got = "a single parameter-group dict"
+        hint = " Wrap it in a list: [group]."
+    elif isinstance(params, Mapping):
+        # A state_dict's tensors are detached, so they never receive gradients.
+        got = (
+            f"a mapping ({type(params).__name__}) with keys "
+            f"{reprlib.repr(list(params))}, such as a state_dict"
+        )
+        hint = " Pass model.parameters() or model.named_parameters()."
+    elif isinstance(params, str | bytes):
+        got = f"the {type(params).__name__} {reprlib.repr(params)}"
+    elif not isinstance(params, Iterable):
+        got = _describe(params)
+    else:
+        return
+    raise TypeError(f"params is {got}; {EXPECTED_PARAMS}.{hint}")
+
+
+def _param_tensors(entries: list, where: str) -> list[torch.Tensor]:
+    """Return the tensors of ``entries``, which are tensors or ``(name, tensor)``
+    pairs; ``TypeError`` names the first entry that is neither."""
+    tensors = []
+    for index, entry in enumerate(entries):
+        if isinstance(entry, torch.Tensor):
+            tensors.append(entry)
+        elif (
+            isinstance(entry, tuple)
+            and len(entry) == 2
+            and isinstance(entry[0], str)
+            and isinstance(entry[1], torch.Tensor)
+        ):
+            tensors.append(entry[1])
+        else:
+            raise TypeError(
+                f"entry {index} of {where} is {_describe(entry)}; expected a tensor "
+                "or a (name, tensor) pair such as model.named_parameters() yields"
+            )
+    return tensors
+
+
 def _normalise_groups(params) -> list[dict]:
-    """Turn a model, groups or a bare parameter list into groups."""
+    """Turn a model, groups, or a bare or named parameter list into groups."""
     if isinstance(params, nn.Module):
         return param_groups_by_kind(params)
     if isinstance(params, torch.Tensor):
         params = [params]
+    _check_params_container(params)
     params = list(params)
     if not params:
         raise ValueError("optimizer got an empty parameter list")
@@ -377,9 +508,17 @@ def _normalise_groups(params) -> list[dict]:
     return _group_bare_params(params)
 
 
-def _group_bare_params(params: Iterable[torch.Tensor]) -> list[dict]:
-    params = list(params)
+def _group_bare_params(params: list) -> list[dict]:
+    """Group tensors or ``(name, tensor)`` pairs by the kind their shapes imply."""
+    tensors = _param_tensors(params, "params")
+    named = sum(not isinstance(entry, torch.Tensor) for entry in params)
+    if 0 < named < len(params):
+        raise ValueError(
+            f"params mixes {named} (name, tensor) pairs with "
+            f"{len(params) - named} bare tensors; pass all of them named, as "
+            "model.named_parameters() does, or none"
+        )
     groups: dict[str, list] = {}
-    for p, kind in zip(params, infer_kinds_from_shapes(params), strict=True):
-        groups.setdefault(kind, []).append(p)
+    for entry, kind in zip(params, infer_kinds_from_shapes(tensors), strict=True):
+        groups.setdefault(kind, []).append(entry)
     return [{"params": members, "kind": kind} for kind, members in groups.items()]
