@@ -356,3 +356,23 @@ def test_cli_rejects_empty_scale_entries(text, capsys):
     assert f"separated by commas, such as 0.1,0.2,0.3, got {text!r}" in (
         capsys.readouterr().err
     )
+
+
+def test_warns_when_config_scores_other_tasks(trained, caplog):
+    config, out = trained
+    other = config.replace(batch_size=16, net_sizes={"channels": 2, "hidden": 8})
+    with caplog.at_level("WARNING", logger="slstm.meta"):
+        calibrate_output_scale(out / "last.pt", [0.1], config=config, horizons=[2])
+    assert "other tasks" not in caplog.text
+    with caplog.at_level("WARNING", logger="slstm.meta"):
+        calibrate_output_scale(out / "last.pt", [0.1], config=other, horizons=[2])
+    assert "--config scores other tasks" in caplog.text
+    assert "batch_size: checkpoint 32, --config 16" in caplog.text
+    assert "net_sizes" in caplog.text
+
+
+def test_warns_about_another_seed(trained, caplog):
+    _, out = trained
+    with caplog.at_level("WARNING", logger="slstm.meta"):
+        calibrate_output_scale(out / "last.pt", [0.1], seed=5, horizons=[2])
+    assert "--seed 5 differs from the run's seed 0" in caplog.text

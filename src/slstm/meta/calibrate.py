@@ -149,6 +149,8 @@ def calibrate_output_scale(
                 "provenance; pass the config.json of the run that trained it"
             )
         config = MetaTrainConfig.from_dict(saved)
+    else:
+        _warn_about_other_tasks(loaded, config)
     # The checkpoint's own architecture is scored, not the configuration's.
     changes = {"init": None, "search": 0, **learned_optimizer_options(loaded.config)}
     if threads is not None:
@@ -156,6 +158,15 @@ def calibrate_output_scale(
     if validation_tasks is not None:
         changes["validation_tasks"] = validation_tasks
     if seed is not None:
+        if seed != config.seed:
+            # The seed also carves the validation split out of the training
+            # split, so another seed scores on other images.
+            logger.warning(
+                "--seed %d differs from the run's seed %d, so the validation "
+                "split holds other images than the run validated on",
+                seed,
+                config.seed,
+            )
         changes["seed"] = seed
     if data_dir is not None:
         changes["data_dir"] = data_dir
@@ -259,6 +270,30 @@ def calibrate_output_scale(
                 result,
             ) from error
     return result
+
+
+# Fields that decide which tasks and data a scale is scored on.
+_TASK_FIELDS = ("data", "net", "net_sizes", "task_classes", "classes", "batch_size")
+
+
+def _warn_about_other_tasks(loaded, config: MetaTrainConfig) -> None:
+    """Log a warning when ``config`` scores other tasks than the checkpoint's
+    meta-training run trained on (a legitimate transfer, or a wrong file)."""
+    saved = loaded.provenance.get("meta_train_config")
+    if not isinstance(saved, dict):
+        return
+    given = config.to_dict()
+    differing = [
+        f"{name}: checkpoint {saved[name]!r}, --config {given[name]!r}"
+        for name in _TASK_FIELDS
+        if name in saved and name in given and saved[name] != given[name]
+    ]
+    if differing:
+        logger.warning(
+            "--config scores other tasks than %s was meta-trained on (%s)",
+            loaded.path,
+            "; ".join(differing),
+        )
 
 
 def score_baseline(
