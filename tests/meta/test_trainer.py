@@ -418,3 +418,55 @@ def test_no_progress_bar_without_terminal(tiny_config, capsys, caplog):
         meta_train(tiny_config(episodes=2, validate_every=2), progress=True)
     assert "meta-train slstm" not in capsys.readouterr().err
     assert "validation after episode 2" in caplog.text
+
+
+def test_keep_validated_saves_each_validation(tiny_config):
+    result = meta_train(
+        tiny_config(episodes=3, validate_every=1, keep_validated=True), progress=False
+    )
+    kept = sorted((result.out / "validated").glob("*.pt"))
+    assert [path.name for path in kept] == [
+        "episode-000001.pt", "episode-000002.pt", "episode-000003.pt"
+    ]  # fmt: skip
+    rows = read_metrics(result.out / "metrics.csv")
+    losses = {
+        int(r["episode"]): float(r["validation_loss"])
+        for r in rows
+        if r["kind"] == "validation"
+    }
+    for path in kept:
+        provenance = load_checkpoint(path).provenance
+        assert provenance["validation_loss"] == losses[provenance["episodes"]]
+    best = load_checkpoint(result.best_checkpoint).provenance["best_episode"]
+    _assert_same_weights(
+        _weights(result.best_checkpoint),
+        _weights(result.out / "validated" / f"episode-{best:06d}.pt"),
+    )
+
+
+def test_keep_validated_is_off_by_default(tiny_config):
+    result = meta_train(tiny_config(episodes=2, validate_every=1), progress=False)
+    assert not (result.out / "validated").exists()
+
+
+def test_cli_takes_keep_validated(tmp_path):
+    out = tmp_path / "run"
+    args = [*TINY_ARGS, "--episodes", "2", "--validate-every", "2"]
+    assert main(["meta-train", *args, "--keep-validated", "--out", str(out)]) == 0
+    assert MetaTrainConfig.load(out / "config.json").keep_validated
+    assert (out / "validated" / "episode-000002.pt").exists()
+    # A resumed run keeps saving them, and validates its new last episode.
+    resume = ["meta-train", "--out", str(out), "--resume", "--episodes", "3"]
+    assert main(resume) == 0
+    assert (out / "validated" / "episode-000003.pt").exists()
+
+
+def test_resume_may_turn_on_keep_validated(tmp_path):
+    out = tmp_path / "run"
+    args = [*TINY_ARGS, "--episodes", "2", "--validate-every", "2"]
+    assert main(["meta-train", *args, "--out", str(out)]) == 0
+    resume = ["meta-train", "--out", str(out), "--resume", "--episodes", "4"]
+    assert main([*resume, "--keep-validated"]) == 0
+    assert [path.name for path in (out / "validated").glob("*.pt")] == [
+        "episode-000004.pt"
+    ]

@@ -223,6 +223,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "best.pt is chosen by the mean loss",
     )
     run.add_argument(
+        "--keep-validated",
+        action="store_true",
+        default=None,
+        help="also save the update networks of every validation as "
+        "validated/episode-NNNNNN.pt (about 50 KB each), to calibrate or compare "
+        "checkpoints other than best.pt later",
+    )
+    run.add_argument(
         "--checkpoint-every",
         type=int,
         metavar="N",

@@ -63,6 +63,10 @@ class MetaTrainConfig:
             later is then not chosen.
         checkpoint_every: episodes between checkpoints (one is also written
             at exit).
+        keep_validated: also save the update networks of every validation as
+            ``validated/episode-NNNNNN.pt``, so that a checkpoint other than
+            ``best.pt`` (one fast at one step count, say) can be calibrated or
+            compared later.
         curvature_method: how SLSTM's diagonal Hessian is computed
             (a method of :mod:`slstm.curvature`).
         output_scale, hidden_size, num_layers, preprocess_p: the learned
@@ -105,6 +109,7 @@ class MetaTrainConfig:
     validation_tasks: int = 2
     validation_horizon: int | list[int] | None = None
     checkpoint_every: int = 5
+    keep_validated: bool = False
     curvature_method: str = "becker-lecun"
     output_scale: float = 0.1
     hidden_size: int = 20
@@ -140,6 +145,10 @@ class MetaTrainConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {value!r}")
         _require_positive_int("validation_tasks", self.validation_tasks)
+        if not isinstance(self.keep_validated, bool):
+            raise ValueError(
+                f"keep_validated must be true or false, got {self.keep_validated!r}"
+            )
         if self.num_threads is not None:
             _require_positive_int("num_threads", self.num_threads)
         _require_positive_int("search_episodes", self.search_episodes)

@@ -57,6 +57,9 @@ logger = logging.getLogger("slstm.meta")
 STATE_FORMAT = 1
 STATE_FILE = Path("state") / "latest.pt"
 
+# Where --keep-validated puts each validation's update networks.
+VALIDATED_DIR = "validated"
+
 # Options that may change between a run and its --resume without changing
 # what the remaining episodes compute.
 RESUMABLE_CHANGES = frozenset(
@@ -68,6 +71,7 @@ RESUMABLE_CHANGES = frozenset(
         "data_dir",
         "validate_every",
         "checkpoint_every",
+        "keep_validated",
         "search",
         "search_low",
         "search_high",
@@ -687,6 +691,10 @@ class MetaTrainer:
             self.best_validation_loss = loss
             self.best_episode = self.counters.episode
             self._save_optimizer(self.out / "best.pt")
+        if self.config.keep_validated:
+            kept = self.out / VALIDATED_DIR / f"episode-{self.counters.episode:06d}.pt"
+            kept.parent.mkdir(exist_ok=True)
+            self._save_optimizer(kept)
         horizons = self.config.validation_horizons
         detail = ""
         if len(horizons) > 1:
