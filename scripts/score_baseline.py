@@ -13,7 +13,7 @@ import argparse
 import math
 import sys
 
-from slstm.meta.calibrate import score_baseline
+from slstm.meta.calibrate import add_data_and_device_arguments, score_baseline
 from slstm.meta.config import MetaTrainConfig, parse_step_counts
 
 
@@ -45,16 +45,7 @@ def main() -> int:
     parser.add_argument(
         "--threads", type=int, help="torch CPU threads (default: the run's)"
     )
-    parser.add_argument(
-        "--data-dir",
-        metavar="DIR",
-        help="directory of the data set's files (default: the run's)",
-    )
-    parser.add_argument(
-        "--device",
-        choices=("auto", "cpu", "cuda"),
-        help="where to train (default: the run's)",
-    )
+    add_data_and_device_arguments(parser)
     args = parser.parse_args()
 
     try:

@@ -422,6 +422,21 @@ def _check_out(out) -> Path:
 # ---------------------------------------------------------------- command line
 
 
+def add_data_and_device_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--data-dir`` and ``--device``, which override a run's values when
+    its validation tasks are scored on another machine."""
+    parser.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="directory of the data set's files (default: the run's)",
+    )
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        help="where to train (default: the run's)",
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "checkpoint", help="optimizer checkpoint: a file or a shipped name"
@@ -467,16 +482,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "split (default: the run's, which keeps the validation images held out "
         "from its meta-training)",
     )
-    parser.add_argument(
-        "--data-dir",
-        metavar="DIR",
-        help="directory of the data set's files (default: the run's)",
-    )
-    parser.add_argument(
-        "--device",
-        choices=("auto", "cpu", "cuda"),
-        help="where to train (default: the run's)",
-    )
+    add_data_and_device_arguments(parser)
     parser.add_argument(
         "--threads",
         type=_positive_int,

@@ -57,7 +57,7 @@ logger = logging.getLogger("slstm.meta")
 STATE_FORMAT = 1
 STATE_FILE = Path("state") / "latest.pt"
 
-# Where --keep-validated puts each validation's update networks.
+# The folder in which --keep-validated saves each validation's update networks.
 VALIDATED_DIR = "validated"
 
 # Options that may change between a run and its --resume without changing
@@ -692,9 +692,10 @@ class MetaTrainer:
             self.best_episode = self.counters.episode
             self._save_optimizer(self.out / "best.pt")
         if self.config.keep_validated:
-            kept = self.out / VALIDATED_DIR / f"episode-{self.counters.episode:06d}.pt"
-            kept.parent.mkdir(exist_ok=True)
-            self._save_optimizer(kept)
+            name = f"episode-{self.counters.episode:06d}.pt"
+            validated_path = self.out / VALIDATED_DIR / name
+            validated_path.parent.mkdir(exist_ok=True)
+            self._save_optimizer(validated_path)
         horizons = self.config.validation_horizons
         detail = ""
         if len(horizons) > 1:

@@ -158,7 +158,7 @@ def resolve_checkpoint(name_or_path) -> Path:
     """Return the file for a shipped checkpoint name or a path.
 
     A string that is exactly a shipped name (``"slstm-fashion-mnist"``) always
-    means the shipped file, even when the working directory holds a file or
+    means the shipped file, even when the working directory contains a file or
     folder of that name, such as the ``--out`` folder of a meta-training run.
     Write ``"./slstm-fashion-mnist"``, or pass a ``Path``, for the local one.
     """
