@@ -424,8 +424,8 @@ def test_keep_validated_saves_each_validation(tiny_config):
     result = meta_train(
         tiny_config(episodes=3, validate_every=1, keep_validated=True), progress=False
     )
-    kept = sorted((result.out / "validated").glob("*.pt"))
-    assert [path.name for path in kept] == [
+    validated_files = sorted((result.out / "validated").glob("*.pt"))
+    assert [path.name for path in validated_files] == [
         "episode-000001.pt", "episode-000002.pt", "episode-000003.pt"
     ]  # fmt: skip
     rows = read_metrics(result.out / "metrics.csv")
@@ -434,7 +434,7 @@ def test_keep_validated_saves_each_validation(tiny_config):
         for r in rows
         if r["kind"] == "validation"
     }
-    for path in kept:
+    for path in validated_files:
         provenance = load_checkpoint(path).provenance
         assert provenance["validation_loss"] == losses[provenance["episodes"]]
     best = load_checkpoint(result.best_checkpoint).provenance["best_episode"]

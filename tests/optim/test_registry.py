@@ -36,6 +36,13 @@ def build(name, params, learned_nets, lr=None):
     return spec.make(params, lr)
 
 
+def set_unit_inputs(model):
+    """Set every parameter's gradient and diagonal Hessian to ones."""
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+        p.hessian_diag = torch.ones_like(p)
+
+
 def cnn_step(model, optimizer, name, inputs, targets):
     """One training step; returns the loss before it."""
     optimizer.zero_grad()
@@ -182,9 +189,7 @@ def test_zero_gradient_and_curvature_stay_finite(name, learned_nets):
 def test_non_finite_gradient_raises(name, bad, learned_nets):
     model = digits_cnn(4)
     optimizer = build(name, model, learned_nets)
-    for p in model.parameters():
-        p.grad = torch.ones_like(p)
-        p.hessian_diag = torch.ones_like(p)
+    set_unit_inputs(model)
     model[0].bias.grad[1] = bad
     before = [p.detach().clone() for p in model.parameters()]
     with pytest.raises(NonFiniteInputError, match="gradient of parameter"):
@@ -196,9 +201,7 @@ def test_non_finite_gradient_raises(name, bad, learned_nets):
 def test_non_finite_advice_fits_optimizer(name, learned_nets):
     model = digits_cnn(4)
     optimizer = build(name, model, learned_nets)
-    for p in model.parameters():
-        p.grad = torch.ones_like(p)
-        p.hessian_diag = torch.ones_like(p)
+    set_unit_inputs(model)
     model[0].bias.grad[1] = float("nan")
     with pytest.raises(NonFiniteInputError) as info:
         optimizer.step()
@@ -214,9 +217,7 @@ def test_non_finite_advice_fits_optimizer(name, learned_nets):
 def test_non_finite_curvature_raises(name, learned_nets):
     model = digits_cnn(4)
     optimizer = build(name, model, learned_nets)
-    for p in model.parameters():
-        p.grad = torch.ones_like(p)
-        p.hessian_diag = torch.ones_like(p)
+    set_unit_inputs(model)
     model[0].weight.hessian_diag[0, 0, 1, 1] = float("-inf")
     with pytest.raises(NonFiniteInputError, match="diagonal Hessian"):
         optimizer.step()

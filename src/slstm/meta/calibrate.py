@@ -282,11 +282,11 @@ def _warn_about_other_tasks(loaded, config: MetaTrainConfig) -> None:
     saved = loaded.provenance.get("meta_train_config")
     if not isinstance(saved, dict):
         return
-    given = config.to_dict()
+    requested = config.to_dict()
     differing = [
-        f"{name}: checkpoint {saved[name]!r}, --config {given[name]!r}"
+        f"{name}: checkpoint {saved[name]!r}, --config {requested[name]!r}"
         for name in _TASK_FIELDS
-        if name in saved and name in given and saved[name] != given[name]
+        if name in saved and name in requested and saved[name] != requested[name]
     ]
     if differing:
         logger.warning(

@@ -74,7 +74,7 @@ class MetricsLog:
         """
         if not self.path.exists():
             return
-        kept = []
+        kept_rows = []
         with open(self.path, newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
             for row in reader:
@@ -84,11 +84,11 @@ class MetricsLog:
                         "%s: dropping unreadable line %d", self.path, reader.line_num
                     )
                 elif row_episode <= episode:
-                    kept.append(row)
+                    kept_rows.append(row)
         text = io.StringIO()
         writer = csv.writer(text, lineterminator="\n")
         writer.writerow(self.fields)
-        for row in kept:
+        for row in kept_rows:
             # A column the file lacks (written by an older version) stays empty.
             writer.writerow([row.get(name, "") for name in self.fields])
         atomic_write_text(text.getvalue(), self.path)
