@@ -371,8 +371,14 @@ def test_warns_when_config_scores_other_tasks(trained, caplog):
     assert "net_sizes" in caplog.text
 
 
-def test_warns_about_another_seed(trained, caplog):
+def test_warns_about_another_validation_seed(trained, caplog):
     _, out = trained
     with caplog.at_level("WARNING", logger="slstm.meta"):
-        calibrate_output_scale(out / "last.pt", [0.1], seed=5, horizons=[2])
-    assert "--seed 5 differs from the run's seed 0" in caplog.text
+        result = calibrate_output_scale(
+            out / "last.pt", [0.1], validation_seed=5, horizons=[2]
+        )
+    assert "--validation-seed 5 differs from the run's validation seed 0" in (
+        caplog.text
+    )
+    assert result.config.validation_seed == 5
+    assert result.config.seed == 0

@@ -220,6 +220,37 @@ def test_config_json_round_trip():
     assert config.step_weights(4) == [0.25, 0.5, 0.75, 1.0]
 
 
+def test_config_without_validation_seed_used_the_seed_for_it():
+    # config.json files written before validation_seed carved with the seed.
+    old = {k: v for k, v in MetaTrainConfig(seed=3).to_dict().items()
+           if k != "validation_seed"}  # fmt: skip
+    assert MetaTrainConfig.from_dict(old).validation_seed == 3
+    assert MetaTrainConfig(seed=3).validation_seed == 0
+    with pytest.raises(ValueError, match="validation_seed must be an int >= 0"):
+        MetaTrainConfig(validation_seed=-1.5)
+
+
+def test_seed_changes_training_tasks_not_validation(tiny_config):
+    from slstm.meta.trainer import load_task_data
+
+    first = MetaTrainer(tiny_config(seed=0), progress=False)
+    other = MetaTrainer(tiny_config(seed=1, out=str(first.out) + "-1"), progress=False)
+    assert first.sampler.sample(0) != other.sampler.sample(0)
+    assert first.sampler.validation_task(0) == other.sampler.validation_task(0)
+    held_out = first.data.splits.validation.inputs
+    assert torch.equal(held_out, other.data.splits.validation.inputs)
+    moved = load_task_data(tiny_config(validation_seed=1), torch.device("cpu"))
+    assert not torch.equal(held_out, moved.splits.validation.inputs)
+
+
+def test_resume_rejects_another_validation_seed(tiny_config):
+    meta_train(tiny_config(episodes=1), progress=False)
+    with pytest.raises(ValueError, match="validation_seed: saved 0, requested 2"):
+        meta_train(
+            tiny_config(episodes=2, validation_seed=2), resume=True, progress=False
+        )
+
+
 def test_resume_before_first_checkpoint_starts_over(tiny_config):
     config = tiny_config(episodes=2)
     Path(config.out).mkdir(parents=True)
@@ -359,6 +390,21 @@ def test_cli_init_takes_unset_options_from_checkpoint(tmp_path):
     assert provenance["init"]["config"]["output_scale"] == 0.05
     assert provenance["init"]["provenance"] == first_provenance
     assert first_provenance["init"] is None
+
+
+def test_cli_init_keeps_the_starting_runs_validation_seed(tmp_path):
+    first = tmp_path / "first"
+    code = main(["meta-train", *TINY_ARGS, "--episodes", "1", "--validate-every",
+                 "0", "--validation-seed", "4", "--out", str(first)])  # fmt: skip
+    assert code == 0
+    for extra, expected in (([], 4), (["--validation-seed", "5"], 5)):
+        out = tmp_path / f"continued-{expected}"
+        code = main(["meta-train", *TINY_ARGS, "--episodes", "1", "--seed", "9",
+                     "--validate-every", "0", "--init", str(first / "last.pt"),
+                     *extra, "--out", str(out)])  # fmt: skip
+        assert code == 0
+        config = MetaTrainConfig.load(out / "config.json")
+        assert (config.seed, config.validation_seed) == (9, expected)
 
 
 def test_init_validates_starting_weights(tmp_path, tiny_config):

@@ -91,7 +91,7 @@ def calibrate_output_scale(
     config: MetaTrainConfig | None = None,
     validation_tasks: int | None = None,
     horizons=None,
-    seed: int | None = None,
+    validation_seed: int | None = None,
     data_dir: str | None = None,
     device: str | None = None,
     threads: int | None = None,
@@ -106,10 +106,10 @@ def calibrate_output_scale(
         config: the meta-training configuration that defines the data, the
             optimizee networks and the validation split. Default: the one in
             the checkpoint's provenance (``meta_train_config``).
-        validation_tasks, seed: override the configuration's number of
-            validation networks and the seed that draws them. The seed also
-            carves the validation split, so another seed than the run's may
-            validate on images it meta-trained on.
+        validation_tasks, validation_seed: override the configuration's
+            number of validation networks and the seed that draws them. That
+            seed also carves the validation split, so another one than the
+            run's may validate on images it meta-trained on.
         horizons: increasing step counts after which each validation network
             is scored within one run (default: the configuration's validation
             horizon). A scale's score is the mean loss over them. Scoring
@@ -157,17 +157,18 @@ def calibrate_output_scale(
         changes["num_threads"] = threads
     if validation_tasks is not None:
         changes["validation_tasks"] = validation_tasks
-    if seed is not None:
-        if seed != config.seed:
+    if validation_seed is not None:
+        if validation_seed != config.validation_seed:
             # The seed also carves the validation split out of the training
             # split, so another seed scores on other images.
             logger.warning(
-                "--seed %d differs from the run's seed %d, so the validation "
-                "split holds other images than the run validated on",
-                seed,
-                config.seed,
+                "--validation-seed %d differs from the run's validation seed %d, "
+                "so the validation split holds other images than the run "
+                "validated on",
+                validation_seed,
+                config.validation_seed,
             )
-        changes["seed"] = seed
+        changes["validation_seed"] = validation_seed
     if data_dir is not None:
         changes["data_dir"] = data_dir
     if device is not None:
@@ -244,7 +245,7 @@ def calibrate_output_scale(
         "chosen_output_scale": best.output_scale,
         "validation_tasks": config.validation_tasks,
         "horizons": horizons,
-        "seed": config.seed,
+        "validation_seed": config.validation_seed,
         # Data set, networks and validation split the scores come from.
         "meta_train_config": config.replace(out="").to_dict(),
         "command": command_line(),
@@ -475,7 +476,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: the run's validation horizon)",
     )
     parser.add_argument(
+        "--validation-seed",
         "--seed",
+        dest="validation_seed",
         type=int,
         metavar="N",
         help="seed that draws the validation networks and carves the validation "
@@ -534,7 +537,7 @@ def run(args: argparse.Namespace) -> int:
             config=config,
             validation_tasks=args.validation_tasks,
             horizons=args.horizons,
-            seed=args.seed,
+            validation_seed=args.validation_seed,
             data_dir=args.data_dir,
             device=args.device,
             threads=args.threads,

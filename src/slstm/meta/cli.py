@@ -185,7 +185,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     run = parser.add_argument_group("run")
     run.add_argument(
-        "--seed", type=int, metavar="N", help=f"random seed (default: {defaults.seed})"
+        "--seed",
+        type=int,
+        metavar="N",
+        help="seed of the training tasks, minibatch order and update networks' "
+        f"initialisation (default: {defaults.seed})",
+    )
+    run.add_argument(
+        "--validation-seed",
+        type=int,
+        metavar="N",
+        help="seed of the validation split and validation networks, kept apart "
+        "from --seed so that every run holds out the same examples (default: the "
+        f"--init checkpoint's run's, else {defaults.validation_seed})",
     )
     run.add_argument(
         "--out",
@@ -353,11 +365,21 @@ def config_from_args(args: argparse.Namespace) -> MetaTrainConfig:
 
 
 def init_options(checkpoint: str) -> dict:
-    """Return the learned-optimizer options of the checkpoint ``--init`` names."""
+    """Return the options that ``--init`` takes from the checkpoint it names.
+
+    These are the learned optimizer's options and, when the checkpoint records
+    the run that trained it, that run's validation seed: a continued run then
+    holds out the examples its starting point never trained on.
+    """
     from slstm.meta.trainer import learned_optimizer_options
     from slstm.optim import load_checkpoint
 
-    return learned_optimizer_options(load_checkpoint(checkpoint).config)
+    loaded = load_checkpoint(checkpoint)
+    options = learned_optimizer_options(loaded.config)
+    saved = (loaded.provenance or {}).get("meta_train_config")
+    if isinstance(saved, dict) and "seed" in saved:
+        options["validation_seed"] = saved.get("validation_seed", saved["seed"])
+    return options
 
 
 def run(args: argparse.Namespace) -> int:

@@ -38,7 +38,13 @@ class MetaTrainConfig:
         unroll: steps per truncation ``T``; the update networks get one
             meta-update per truncation.
         batch_size: minibatch size of the optimizee.
-        seed: seeds the task sampler, the minibatch order and initialisations.
+        seed: seeds the training tasks, the minibatch order and the update
+            networks' initialisation.
+        validation_seed: seeds the validation split and the validation
+            networks. It is separate from ``seed`` so that runs with other seeds,
+            and runs continued from a checkpoint, hold out the same examples
+            and score the same networks. A saved configuration without it
+            predates the option and used ``seed`` for both.
         out: output folder (configuration, metrics, checkpoints).
         meta_lr: learning rate of the Adam meta-optimizer.
         clip_norm: the meta-gradient is rescaled to at most this L2 norm.
@@ -98,6 +104,7 @@ class MetaTrainConfig:
     unroll: int = 20
     batch_size: int = 128
     seed: int = 0
+    validation_seed: int = 0
     out: str = "runs/meta-train"
     meta_lr: float = 1e-3
     clip_norm: float = 1.0
@@ -198,10 +205,12 @@ class MetaTrainConfig:
             raise ValueError(
                 f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}"
             )
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"seed must be an int >= 0, got {self.seed!r}")
-        if not 0 <= self.seed < 2**63:
-            raise ValueError(f"seed must be an int in [0, 2**63), got {self.seed!r}")
+        for name in ("seed", "validation_seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+            if not 0 <= value < 2**63:
+                raise ValueError(f"{name} must be an int in [0, 2**63), got {value!r}")
         if self.init is not None and not (isinstance(self.init, str) and self.init):
             raise ValueError(
                 f"init must be the path or shipped name of an optimizer checkpoint, "
@@ -297,6 +306,9 @@ class MetaTrainConfig:
                 f"unknown meta-training option(s) {unknown}; known options are "
                 f"{sorted(known)}"
             )
+        if "validation_seed" not in values and "seed" in values:
+            # Written before the option existed, when the seed chose both.
+            values = {**values, "validation_seed": values["seed"]}
         return cls(**values)
 
     def to_json(self) -> str:

@@ -49,13 +49,14 @@ class TaskSampler:
     """Draws reproducible tasks for meta-training and validation.
 
     Args:
-        seed: the run's seed.
+        seed: the run's seed; draws the training tasks.
         nets: network names to choose from uniformly.
         net_sizes: sizes for every network. A value that is a list or tuple is a
             set of choices, drawn uniformly per task (``{"channels": [8, 16]}``).
         num_classes: classes in the loaded data set.
         task_classes: when set, each task uses a uniformly drawn subset of this
             many classes; None uses all classes.
+        validation_seed: draws the validation tasks (default: ``seed``).
     """
 
     def __init__(
@@ -66,6 +67,7 @@ class TaskSampler:
         *,
         num_classes: int,
         task_classes: int | None = None,
+        validation_seed: int | None = None,
     ):
         if not nets:
             raise ValueError("nets is empty; name at least one network")
@@ -75,6 +77,7 @@ class TaskSampler:
                 f"{num_classes} classes"
             )
         self.seed = int(seed)
+        self.validation_seed = int(seed if validation_seed is None else validation_seed)
         self.nets = list(nets)
         self.net_sizes = dict(net_sizes or {})
         self.num_classes = int(num_classes)
@@ -88,7 +91,9 @@ class TaskSampler:
 
     def validation_task(self, index: int) -> Task:
         """Return validation task ``index``; the same for every rank and episode."""
-        return self._draw(np.random.default_rng([self.seed, _VALIDATION_STREAM, index]))
+        return self._draw(
+            np.random.default_rng([self.validation_seed, _VALIDATION_STREAM, index])
+        )
 
     def _draw(self, rng: np.random.Generator) -> Task:
         net = self.nets[int(rng.integers(len(self.nets)))]

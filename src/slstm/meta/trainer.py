@@ -190,6 +190,7 @@ class MetaTrainer:
             config.net_sizes,
             num_classes=self.data.num_classes,
             task_classes=config.task_classes,
+            validation_seed=config.validation_seed,
         )
         # Build one task's network now, so a bad --net or --net-sizes fails
         # before any file is written.
@@ -1138,7 +1139,7 @@ def load_task_data(config: MetaTrainConfig, device: torch.device) -> TaskData:
         config.data_dir,
         classes=config.classes,
         validation=config.validation,
-        seed=config.seed,
+        seed=config.validation_seed,
         device=device,
         image_size=config.image_size,
     )
