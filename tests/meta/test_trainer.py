@@ -220,7 +220,7 @@ def test_config_json_round_trip():
     assert config.step_weights(4) == [0.25, 0.5, 0.75, 1.0]
 
 
-def test_config_without_validation_seed_used_the_seed_for_it():
+def test_old_config_validation_seed_is_seed():
     # config.json files written before validation_seed carved with the seed.
     old = {k: v for k, v in MetaTrainConfig(seed=3).to_dict().items()
            if k != "validation_seed"}  # fmt: skip
@@ -392,7 +392,7 @@ def test_cli_init_takes_unset_options_from_checkpoint(tmp_path):
     assert first_provenance["init"] is None
 
 
-def test_cli_init_keeps_the_starting_runs_validation_seed(tmp_path):
+def test_init_inherits_validation_seed(tmp_path):
     first = tmp_path / "first"
     code = main(["meta-train", *TINY_ARGS, "--episodes", "1", "--validate-every",
                  "0", "--validation-seed", "4", "--out", str(first)])  # fmt: skip

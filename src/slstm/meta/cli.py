@@ -368,8 +368,8 @@ def init_options(checkpoint: str) -> dict:
     """Return the options that ``--init`` takes from the checkpoint it names.
 
     These are the learned optimizer's options and, when the checkpoint records
-    the run that trained it, that run's validation seed: a continued run then
-    holds out the examples its starting point never trained on.
+    the run that trained it, that run's validation seed, so that a continued
+    run holds out the examples its starting point never trained on.
     """
     from slstm.meta.trainer import learned_optimizer_options
     from slstm.optim import load_checkpoint

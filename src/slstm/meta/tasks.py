@@ -49,7 +49,7 @@ class TaskSampler:
     """Draws reproducible tasks for meta-training and validation.
 
     Args:
-        seed: the run's seed; draws the training tasks.
+        seed: the run's seed, which draws the training tasks.
         nets: network names to choose from uniformly.
         net_sizes: sizes for every network. A value that is a list or tuple is a
             set of choices, drawn uniformly per task (``{"channels": [8, 16]}``).
