@@ -377,8 +377,33 @@ def test_warns_about_another_validation_seed(trained, caplog):
         result = calibrate_output_scale(
             out / "last.pt", [0.1], validation_seed=5, horizons=[2]
         )
-    assert "--validation-seed 5 differs from the run's validation seed 0" in (
-        caplog.text
-    )
+    assert "the validation seed 5 differs from the validation seed 0" in caplog.text
     assert result.config.validation_seed == 5
     assert result.config.seed == 0
+
+
+def test_warns_when_config_holds_out_other_images(trained, caplog):
+    config, out = trained
+    with caplog.at_level("WARNING", logger="slstm.meta"):
+        calibrate_output_scale(
+            out / "last.pt", [0.1], config=config.replace(validation_seed=2),
+            horizons=[2],
+        )  # fmt: skip
+    assert "the validation seed 2 differs from the validation seed 0" in caplog.text
+    assert "pass --validation-seed 0" in caplog.text
+
+
+def test_bad_validation_seed_is_rejected_first(trained, caplog):
+    _, out = trained
+    with caplog.at_level("WARNING", logger="slstm.meta"):
+        with pytest.raises(ValueError, match="validation_seed must be an int in"):
+            calibrate_output_scale(out / "last.pt", [0.1], validation_seed=-1)
+    assert "differs" not in caplog.text
+
+
+def test_cli_rejects_disagreeing_seed_options(trained, capsys):
+    _, out = trained
+    code = main(["calibrate", str(out / "last.pt"), "--scales", "0.1",
+                 "--seed", "1", "--validation-seed", "2"])  # fmt: skip
+    assert code == 2
+    assert "--seed 1 and --validation-seed 2 disagree" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """Meta-training runs end to end: files, counters, resume, atomic checkpoints."""
 
+import json
 import os
 import signal
 import subprocess
@@ -220,11 +221,17 @@ def test_config_json_round_trip():
     assert config.step_weights(4) == [0.25, 0.5, 0.75, 1.0]
 
 
-def test_old_config_validation_seed_is_seed():
+def test_old_config_validation_seed_is_seed(tmp_path):
     # config.json files written before validation_seed carved with the seed.
     old = {k: v for k, v in MetaTrainConfig(seed=3).to_dict().items()
            if k != "validation_seed"}  # fmt: skip
-    assert MetaTrainConfig.from_dict(old).validation_seed == 3
+    assert MetaTrainConfig.from_saved(old).validation_seed == 3
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(old), encoding="utf-8")
+    assert MetaTrainConfig.load(path).validation_seed == 3
+    assert MetaTrainConfig.from_json(json.dumps(old)).validation_seed == 3
+    # Options that are not a saved run's take the default.
+    assert MetaTrainConfig.from_dict(old).validation_seed == 0
     assert MetaTrainConfig(seed=3).validation_seed == 0
     with pytest.raises(ValueError, match="validation_seed must be an int >= 0"):
         MetaTrainConfig(validation_seed=-1.5)
@@ -392,19 +399,36 @@ def test_cli_init_takes_unset_options_from_checkpoint(tmp_path):
     assert first_provenance["init"] is None
 
 
-def test_init_inherits_validation_seed(tmp_path):
+def test_cli_seed_leaves_validation_seed(tmp_path):
+    out = tmp_path / "run"
+    code = main(["meta-train", *TINY_ARGS, "--episodes", "1", "--validate-every",
+                 "0", "--seed", "3", "--out", str(out)])  # fmt: skip
+    assert code == 0
+    config = MetaTrainConfig.load(out / "config.json")
+    assert config.seed == 3
+    assert config.validation_seed == 0
+
+
+def test_init_inherits_validation_seed(tmp_path, caplog):
     first = tmp_path / "first"
     code = main(["meta-train", *TINY_ARGS, "--episodes", "1", "--validate-every",
                  "0", "--validation-seed", "4", "--out", str(first)])  # fmt: skip
     assert code == 0
     for extra, expected in (([], 4), (["--validation-seed", "5"], 5)):
         out = tmp_path / f"continued-{expected}"
-        code = main(["meta-train", *TINY_ARGS, "--episodes", "1", "--seed", "9",
-                     "--validate-every", "0", "--init", str(first / "last.pt"),
-                     *extra, "--out", str(out)])  # fmt: skip
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="slstm.meta"):
+            code = main(["meta-train", *TINY_ARGS, "--episodes", "1", "--seed",
+                         "9", "--validate-every", "0", "--init",
+                         str(first / "last.pt"), *extra,
+                         "--out", str(out)])  # fmt: skip
         assert code == 0
         config = MetaTrainConfig.load(out / "config.json")
         assert (config.seed, config.validation_seed) == (9, expected)
+        warned = "--validation-seed 5 differs from the validation seed 4" in (
+            caplog.text
+        )
+        assert warned == (expected == 5)
 
 
 def test_init_validates_starting_weights(tmp_path, tiny_config):

@@ -148,7 +148,7 @@ def calibrate_output_scale(
                 f"{str(loaded.path)!r} records no usable meta_train_config in its "
                 "provenance; pass the config.json of the run that trained it"
             )
-        config = MetaTrainConfig.from_dict(saved)
+        config = MetaTrainConfig.from_saved(saved)
     else:
         _warn_about_other_tasks(loaded, config)
     # The checkpoint's own architecture is scored, not the configuration's.
@@ -158,22 +158,13 @@ def calibrate_output_scale(
     if validation_tasks is not None:
         changes["validation_tasks"] = validation_tasks
     if validation_seed is not None:
-        if validation_seed != config.validation_seed:
-            # The seed also carves the validation split out of the training
-            # split, so another seed scores on other images.
-            logger.warning(
-                "--validation-seed %d differs from the run's validation seed %d, "
-                "so the validation split holds other images than the run "
-                "validated on",
-                validation_seed,
-                config.validation_seed,
-            )
         changes["validation_seed"] = validation_seed
     if data_dir is not None:
         changes["data_dir"] = data_dir
     if device is not None:
         changes["device"] = device
     config = config.replace(**changes)
+    _warn_about_other_split(loaded, config)
     if config.validation in (0, 0.0):
         raise ValueError(
             "the configuration carves no validation split (validation=0); pass "
@@ -275,6 +266,25 @@ def calibrate_output_scale(
 
 # Fields that decide which tasks and data a scale is scored on.
 _TASK_FIELDS = ("data", "net", "net_sizes", "task_classes", "classes", "batch_size")
+
+
+def _warn_about_other_split(loaded, config: MetaTrainConfig) -> None:
+    """Log a warning when ``config`` holds out other examples than the run that
+    meta-trained the checkpoint, which may then score on images it trained on."""
+    saved = loaded.provenance.get("meta_train_config")
+    if not isinstance(saved, dict) or "seed" not in saved:
+        return
+    trained = saved.get("validation_seed", saved["seed"])
+    if config.validation_seed != trained:
+        logger.warning(
+            "the validation seed %d differs from the validation seed %d of the run "
+            "that meta-trained %s, so the validation split holds other images than "
+            "that run held out; pass --validation-seed %d to score on those",
+            config.validation_seed,
+            trained,
+            loaded.path,
+            trained,
+        )
 
 
 def _warn_about_other_tasks(loaded, config: MetaTrainConfig) -> None:
@@ -477,13 +487,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--validation-seed",
-        "--seed",
-        dest="validation_seed",
         type=int,
         metavar="N",
         help="seed that draws the validation networks and carves the validation "
         "split (default: the run's, which keeps the validation images held out "
         "from its meta-training)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        metavar="N",
+        help="the former name of --validation-seed",
     )
     add_data_and_device_arguments(parser)
     parser.add_argument(
@@ -529,6 +543,17 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
+    validation_seed = args.validation_seed
+    if args.seed is not None:
+        if validation_seed is not None and validation_seed != args.seed:
+            print(
+                f"slstm calibrate: --seed {args.seed} and --validation-seed "
+                f"{validation_seed} disagree; --seed is the former name of "
+                "--validation-seed, so pass only --validation-seed",
+                file=sys.stderr,
+            )
+            return 2
+        validation_seed = args.seed
     try:
         config = MetaTrainConfig.load(args.config) if args.config else None
         result = calibrate_output_scale(
@@ -537,7 +562,7 @@ def run(args: argparse.Namespace) -> int:
             config=config,
             validation_tasks=args.validation_tasks,
             horizons=args.horizons,
-            validation_seed=args.validation_seed,
+            validation_seed=validation_seed,
             data_dir=args.data_dir,
             device=args.device,
             threads=args.threads,

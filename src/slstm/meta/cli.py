@@ -360,7 +360,19 @@ def config_from_args(args: argparse.Namespace) -> MetaTrainConfig:
         if init.is_file():
             # Absolute, so that --resume from another directory names the same file.
             given["init"] = str(init.resolve())
-        given = {**init_options(given["init"]), **given}
+        inherited = init_options(given["init"])
+        requested = given.get("validation_seed")
+        trained = inherited.get("validation_seed")
+        if None not in (requested, trained) and requested != trained:
+            logging.getLogger("slstm.meta").warning(
+                "--validation-seed %d differs from the validation seed %d of the "
+                "run that trained %s, so this run holds out other images than "
+                "that run did and may meta-train on images it validated on",
+                requested,
+                trained,
+                given["init"],
+            )
+        given = {**inherited, **given}
     return MetaTrainConfig.from_dict(given)
 
 

@@ -306,17 +306,25 @@ class MetaTrainConfig:
                 f"unknown meta-training option(s) {unknown}; known options are "
                 f"{sorted(known)}"
             )
-        if "validation_seed" not in values and "seed" in values:
-            # Written before the option existed, when the seed chose both.
-            values = {**values, "validation_seed": values["seed"]}
         return cls(**values)
+
+    @classmethod
+    def from_saved(cls, values: dict) -> MetaTrainConfig:
+        """Build a config from options an earlier run saved, in any version.
+
+        A run saved before ``validation_seed`` existed carved its split with
+        ``seed``, so that is its validation seed.
+        """
+        if "validation_seed" not in values and "seed" in values:
+            values = {**values, "validation_seed": values["seed"]}
+        return cls.from_dict(values)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def from_json(cls, text: str) -> MetaTrainConfig:
-        return cls.from_dict(json.loads(text))
+        return cls.from_saved(json.loads(text))
 
     @classmethod
     def load(cls, path: str | Path) -> MetaTrainConfig:
@@ -338,7 +346,7 @@ class MetaTrainConfig:
                 f"{str(path)!r} contains a JSON {type(values).__name__}, not an object "
                 "of meta-training options"
             )
-        return cls.from_dict(values)
+        return cls.from_saved(values)
 
     def replace(self, **changes) -> MetaTrainConfig:
         return dataclasses.replace(self, **changes)

@@ -938,7 +938,7 @@ class MetaTrainer:
                     "--resume or pointing --out at another folder"
                 ),
             )
-            check_resumable(MetaTrainConfig.from_dict(state["config"]), self.config)
+            check_resumable(MetaTrainConfig.from_saved(state["config"]), self.config)
         state = self.context.broadcast_object(state)
         self.load_state_dict(_to_device(state, self.device))
         if self.context.is_main:
