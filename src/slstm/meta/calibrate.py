@@ -26,7 +26,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from slstm.meta.config import MetaTrainConfig
+from slstm.meta.config import MetaTrainConfig, saved_validation_seed
 from slstm.utils import command_line
 
 logger = logging.getLogger("slstm.meta")
@@ -272,10 +272,8 @@ def _warn_about_other_split(loaded, config: MetaTrainConfig) -> None:
     """Log a warning when ``config`` holds out other examples than the run that
     meta-trained the checkpoint, which may then score on images it trained on."""
     saved = loaded.provenance.get("meta_train_config")
-    if not isinstance(saved, dict) or "seed" not in saved:
-        return
-    trained = saved.get("validation_seed", saved["seed"])
-    if config.validation_seed != trained:
+    trained = saved_validation_seed(saved) if isinstance(saved, dict) else None
+    if trained is not None and config.validation_seed != trained:
         logger.warning(
             "the validation seed %d differs from the validation seed %d of the run "
             "that meta-trained %s, so the validation split holds other images than "

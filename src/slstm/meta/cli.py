@@ -23,6 +23,7 @@ from slstm.meta.config import (
     MetaTrainConfig,
     parse_horizon_schedule,
     parse_step_counts,
+    saved_validation_seed,
 )
 from slstm.meta.config import parse_net_sizes as _parse_net_sizes
 
@@ -389,8 +390,8 @@ def init_options(checkpoint: str) -> dict:
     loaded = load_checkpoint(checkpoint)
     options = learned_optimizer_options(loaded.config)
     saved = (loaded.provenance or {}).get("meta_train_config")
-    if isinstance(saved, dict) and "seed" in saved:
-        options["validation_seed"] = saved.get("validation_seed", saved["seed"])
+    if isinstance(saved, dict) and saved_validation_seed(saved) is not None:
+        options["validation_seed"] = saved_validation_seed(saved)
     return options
 
 

@@ -310,13 +310,10 @@ class MetaTrainConfig:
 
     @classmethod
     def from_saved(cls, values: dict) -> MetaTrainConfig:
-        """Build a config from options an earlier run saved, in any version.
-
-        A run saved before ``validation_seed`` existed carved its split with
-        ``seed``, so that is its validation seed.
-        """
-        if "validation_seed" not in values and "seed" in values:
-            values = {**values, "validation_seed": values["seed"]}
+        """Build a config from options an earlier run saved, in any version."""
+        seed = saved_validation_seed(values)
+        if seed is not None:
+            values = {**values, "validation_seed": seed}
         return cls.from_dict(values)
 
     def to_json(self) -> str:
@@ -350,6 +347,15 @@ class MetaTrainConfig:
 
     def replace(self, **changes) -> MetaTrainConfig:
         return dataclasses.replace(self, **changes)
+
+
+def saved_validation_seed(values: dict) -> int | None:
+    """Return the validation seed of a saved run's options, None if unknown.
+
+    A run saved before ``validation_seed`` existed carved its split with
+    ``seed``, so that is its validation seed.
+    """
+    return values.get("validation_seed", values.get("seed"))
 
 
 def _require_positive_int(name: str, value) -> None:
