@@ -108,7 +108,7 @@ def calibrate_output_scale(
             the checkpoint's provenance (``meta_train_config``).
         validation_tasks, validation_seed: override the configuration's
             number of validation networks and the seed that draws them. That
-            seed also carves the validation split, so another one than the
+            seed also carves the validation split, so a seed other than the
             run's may validate on images it meta-trained on.
         horizons: increasing step counts after which each validation network
             is scored within one run (default: the configuration's validation

@@ -390,8 +390,9 @@ def init_options(checkpoint: str) -> dict:
     loaded = load_checkpoint(checkpoint)
     options = learned_optimizer_options(loaded.config)
     saved = (loaded.provenance or {}).get("meta_train_config")
-    if isinstance(saved, dict) and saved_validation_seed(saved) is not None:
-        options["validation_seed"] = saved_validation_seed(saved)
+    validation_seed = saved_validation_seed(saved) if isinstance(saved, dict) else None
+    if validation_seed is not None:
+        options["validation_seed"] = validation_seed
     return options
 
 
