@@ -407,3 +407,12 @@ def test_cli_rejects_disagreeing_seed_options(trained, capsys):
                  "--seed", "1", "--validation-seed", "2"])  # fmt: skip
     assert code == 2
     assert "--seed 1 and --validation-seed 2 disagree" in capsys.readouterr().err
+
+
+def test_seed_keyword_is_a_deprecated_alias(trained):
+    _, out = trained
+    with pytest.warns(DeprecationWarning, match="pass validation_seed"):
+        result = calibrate_output_scale(out / "last.pt", [0.1], seed=4, horizons=[2])
+    assert result.config.validation_seed == 4
+    with pytest.raises(ValueError, match="seed=1 and validation_seed=2 disagree"):
+        calibrate_output_scale(out / "last.pt", [0.1], seed=1, validation_seed=2)

@@ -23,6 +23,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -96,6 +97,7 @@ def calibrate_output_scale(
     device: str | None = None,
     threads: int | None = None,
     out=None,
+    seed: int | None = None,
 ) -> CalibrationResult:
     """Score ``checkpoint`` at each output scale and optionally save the best.
 
@@ -123,6 +125,7 @@ def calibrate_output_scale(
         out: where to write the checkpoint with the best scale; its provenance
             is the original one plus an ``output_scale_calibration`` record.
             Its folder is checked for writing before any scale is scored.
+        seed: the former name of ``validation_seed``; deprecated.
 
     Raises:
         OutputWriteError: ``out`` could not be written after scoring; its
@@ -137,6 +140,19 @@ def calibrate_output_scale(
     )
     from slstm.optim import load_checkpoint, save_checkpoint
 
+    if seed is not None:
+        if validation_seed is not None and validation_seed != seed:
+            raise ValueError(
+                f"seed={seed!r} and validation_seed={validation_seed!r} disagree; "
+                "seed is the former name of validation_seed, so pass only "
+                "validation_seed"
+            )
+        warnings.warn(
+            "calibrate_output_scale(seed=...) is deprecated; pass validation_seed",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        validation_seed = seed
     scales = _check_scales(scales)
     if out is not None:
         out = _check_out(out)
