@@ -5,9 +5,10 @@
         --checkpoint slstm=path/to/slstm.pt
 
 The loop is the ordinary one. The only change for the optimizers that read the
-diagonal Hessian (diagonal-newton, slstm) is that ``slstm.curvature.backward``
-replaces ``loss.backward()``: it sets ``p.grad`` and ``p.hessian_diag`` in one
-backward pass.
+diagonal Hessian (diagonal-newton, slstm, slstm-hutchinson) is that
+``slstm.curvature.backward`` replaces ``loss.backward()``: it sets ``p.grad`` and
+``p.hessian_diag`` in one backward pass, with the estimator the optimizer was
+built for (a learned optimizer's ``curvature_method``).
 """
 
 import argparse
@@ -84,7 +85,9 @@ def train(name, splits, args, checkpoints, device):
         "mnist_cnn", splits.input_shape, splits.num_classes, **sizes
     ).to(device)
     optimizer = make_optimizer(name, model, checkpoints)
-    needs_curvature = slstm.optim.OPTIMIZERS[name].needs_curvature
+    spec = slstm.optim.OPTIMIZERS[name]
+    # A learned optimizer names the estimator its networks were trained on.
+    method = getattr(optimizer, "curvature_method", None) or spec.curvature_method
     loss_fn = nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(args.seed)
     batches = slstm.data.batch_iterator(
@@ -94,8 +97,8 @@ def train(name, splits, args, checkpoints, device):
     losses = []
     for _, (inputs, targets) in zip(range(args.steps), batches, strict=False):
         optimizer.zero_grad()
-        if needs_curvature:
-            loss = slstm.curvature.backward(model, loss_fn, inputs, targets)
+        if spec.needs_curvature:
+            loss = slstm.curvature.backward(model, loss_fn, inputs, targets, method)
         else:
             loss = loss_fn(model(inputs), targets)
             loss.backward()

@@ -1,5 +1,6 @@
 """Shared fixtures: the digits data, a small CNN and briefly meta-trained networks."""
 
+import dataclasses
 import math
 
 import pytest
@@ -130,6 +131,17 @@ def _meta_train(preset, inputs, targets, meta_steps, seed):
 
 @pytest.fixture(scope="session")
 def learned_nets(digits):
-    """``{"lstm": (nets, config), "slstm": (nets, config)}``, briefly meta-trained."""
+    """``{name: (nets, config)}`` of every learned optimizer, briefly meta-trained.
+
+    The Hutchinson variant reuses SLSTM's networks with its own configuration:
+    Hutchinson's ``h`` estimates the same diagonal, and these tests check the
+    optimizer's mechanics, not how well it was meta-trained.
+    """
     inputs, targets = digits
-    return {preset: meta_train(preset, inputs, targets) for preset in ("lstm", "slstm")}
+    nets = {preset: meta_train(preset, inputs, targets) for preset in ("lstm", "slstm")}
+    slstm_nets, slstm_config = nets["slstm"]
+    nets["slstm-hutchinson"] = (
+        slstm_nets,
+        dataclasses.replace(slstm_config, curvature_method="hutchinson"),
+    )
+    return nets

@@ -43,11 +43,13 @@ def set_unit_inputs(model):
         p.hessian_diag = torch.ones_like(p)
 
 
-def cnn_step(model, optimizer, name, inputs, targets):
-    """One training step; returns the loss before it."""
+def cnn_step(model, optimizer, name, inputs, targets, probes=None):
+    """One training step; returns the loss before it. ``probes`` draws
+    Hutchinson's random vectors (default: torch's global generator)."""
     optimizer.zero_grad()
     if OPTIMIZERS[name].needs_curvature:
-        loss = backward(model, LOSS_FN, inputs, targets)
+        method = OPTIMIZERS[name].curvature_method
+        loss = backward(model, LOSS_FN, inputs, targets, method, generator=probes)
     else:
         loss = LOSS_FN(model(inputs), targets)
         loss.backward()
@@ -63,14 +65,24 @@ def train_cnn(model, optimizer, name, inputs, targets, steps):
 
 
 def test_registry_names_and_flags():
-    assert NAMES == ["adam", "diagonal-newton", "lstm", "rmsprop", "sgd", "slstm"]
+    assert NAMES == [
+        "adam",
+        "diagonal-newton",
+        "lstm",
+        "rmsprop",
+        "sgd",
+        "slstm",
+        "slstm-hutchinson",
+    ]
     curvature = {name for name in NAMES if OPTIMIZERS[name].needs_curvature}
-    assert curvature == {"diagonal-newton", "slstm"}
-    assert set(LEARNED) == {"lstm", "slstm"}
+    assert curvature == {"diagonal-newton", "slstm", "slstm-hutchinson"}
+    assert set(LEARNED) == {"lstm", "slstm", "slstm-hutchinson"}
+    assert OPTIMIZERS["slstm-hutchinson"].curvature_method == "hutchinson"
     for name in NAMES:
         spec = OPTIMIZERS[name]
         assert spec.name == name
         assert (spec.default_lr is None) == spec.learned
+        assert (spec.curvature_method is None) == (not spec.needs_curvature)
 
 
 def test_baselines_are_torch_optimizers():
@@ -113,6 +125,18 @@ def test_learned_rejects_nets_of_other_preset(learned_nets):
     nets, config = learned_nets["lstm"]
     with pytest.raises(ValueError, match="reads"):
         OPTIMIZERS["slstm"].make(digits_cnn(), nets=nets, config=config)
+
+
+def test_hutchinson_variant_rejects_nets_of_another_estimator(learned_nets):
+    nets, config = learned_nets["slstm"]
+    with pytest.raises(ValueError, match="--curvature-method hutchinson"):
+        OPTIMIZERS["slstm-hutchinson"].make(digits_cnn(), nets=nets, config=config)
+
+
+@pytest.mark.parametrize("name", LEARNED)
+def test_learned_optimizer_names_its_curvature_method(name, learned_nets):
+    optimizer = build(name, digits_cnn().parameters(), learned_nets)
+    assert optimizer.curvature_method == OPTIMIZERS[name].curvature_method
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -164,9 +188,11 @@ def test_state_dict_round_trip(name, learned_nets, digits):
     twin = copy.deepcopy(model)
     twin_optimizer = build(name, twin, learned_nets)
     twin_optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+    probes, twin_probes = torch.Generator().manual_seed(0), torch.Generator()
+    twin_probes.manual_seed(0)
     for _ in range(3):
-        cnn_step(model, optimizer, name, inputs, targets)
-        cnn_step(twin, twin_optimizer, name, inputs, targets)
+        cnn_step(model, optimizer, name, inputs, targets, probes)
+        cnn_step(twin, twin_optimizer, name, inputs, targets, twin_probes)
     for p, q in zip(model.parameters(), twin.parameters(), strict=True):
         assert torch.equal(p, q)
 
@@ -234,13 +260,16 @@ def test_step_with_closure(name, learned_nets, digits):
     def closure():
         optimizer.zero_grad()
         if OPTIMIZERS[name].needs_curvature:
-            return backward(model, LOSS_FN, inputs, targets)
+            method = OPTIMIZERS[name].curvature_method
+            probes = torch.Generator().manual_seed(0)
+            return backward(model, LOSS_FN, inputs, targets, method, generator=probes)
         loss = LOSS_FN(model(inputs), targets)
         loss.backward()
         return loss
 
     returned = optimizer.step(closure)
-    expected = cnn_step(twin, twin_optimizer, name, inputs, targets)
+    twin_probes = torch.Generator().manual_seed(0)
+    expected = cnn_step(twin, twin_optimizer, name, inputs, targets, twin_probes)
     assert returned.item() == pytest.approx(expected)
     for p, q in zip(model.parameters(), twin.parameters(), strict=True):
         torch.testing.assert_close(p, q)

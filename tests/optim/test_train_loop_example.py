@@ -30,10 +30,13 @@ def load_example():
 def test_example_trains_with_every_optimizer(tmp_path, capsys):
     arguments = ["--steps", "3", "--batch-size", "16", "--eval-examples", "64",
                  "--channels", "4", "--threads", "1"]  # fmt: skip
-    for name in ("lstm", "slstm"):
+    for name in ("lstm", "slstm", "slstm-hutchinson"):
         # Untrained networks with a small read-out: this checks the loop, not
         # how well an optimizer meta-trained on tiny CNNs trains this larger one.
-        config = LearnedOptimizerConfig.preset(name)
+        preset, _, method = name.partition("-")
+        config = LearnedOptimizerConfig.preset(
+            preset, curvature_method=method or "becker-lecun"
+        )
         torch.manual_seed(0)
         nets = create_update_nets(config)
         for net in nets.values():

@@ -304,6 +304,10 @@ def _run_plain(args, report) -> int:
     batches = batch_iterator(
         data.train, args.batch_size, generator=generator, device=device
     )
+    # Hutchinson's probes from the run's seed, so that a run repeats exactly.
+    probes = None
+    if method == "hutchinson":
+        probes = torch.Generator(device=device).manual_seed(args.seed)
     started = time.perf_counter()
     test_loss, test_error = evaluate_model(model, data.test, device)
     report(0, math.nan, test_loss, test_error, 0, 0.0)
@@ -311,7 +315,9 @@ def _run_plain(args, report) -> int:
         inputs, targets = next(batches)
         optimizer.zero_grad(set_to_none=True)
         if spec.needs_curvature:
-            loss = backward(model, loss_fn, inputs, targets, method=method)
+            loss = backward(
+                model, loss_fn, inputs, targets, method=method, generator=probes
+            )
         else:
             loss = loss_fn(model(inputs), targets)
             loss.backward()

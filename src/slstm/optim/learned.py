@@ -260,6 +260,16 @@ class LearnedOptimizer(torch.optim.Optimizer):
             {"kind": None, "check_inputs": check_inputs, "chunk_size": chunk_size},
         )
 
+    @property
+    def curvature_method(self) -> str | None:
+        """The ``slstm.curvature`` method whose ``h`` the networks were trained on.
+
+        None for the gradient-only LSTM. Pass it as ``method=`` to
+        ``slstm.curvature.backward``: networks meta-trained on one estimator's
+        diagonal see another's as inputs they were not trained for.
+        """
+        return self.config.curvature_method if "hessian" in self.config.inputs else None
+
     def add_param_group(self, param_group: dict) -> None:
         """Add a group; a group without ``"kind"`` gets the kind its shapes imply.
 

@@ -57,6 +57,9 @@ class OptimizerSpec:
             learned optimizers, whose step size was meta-trained.
         needs_curvature: whether each step reads ``p.hessian_diag`` (train with
             ``slstm.curvature.backward`` instead of ``loss.backward()``).
+        curvature_method: the ``slstm.curvature`` method to compute it with
+            (for a learned optimizer: the one its default checkpoint was
+            meta-trained on); None when ``needs_curvature`` is False.
         learned: whether the optimizer runs meta-trained update networks.
         description: one line for listings.
     """
@@ -67,6 +70,7 @@ class OptimizerSpec:
     needs_curvature: bool
     learned: bool
     description: str
+    curvature_method: str | None = None
 
 
 def _parameters(params_or_groups):
@@ -83,8 +87,13 @@ def _baseline(cls, default_lr, **fixed):
     return make
 
 
-def _learned(preset: str):
-    default_checkpoint = f"{preset}-fashion-mnist"
+def _learned(preset: str, default_checkpoint: str, curvature_method=None):
+    """Return ``make`` for a learned optimizer of ``preset``'s inputs.
+
+    ``curvature_method``, when given, is the diagonal-Hessian estimator that the
+    networks must have been meta-trained with: a named variant such as
+    ``slstm-hutchinson`` rejects networks trained on another estimator's ``h``.
+    """
 
     def make(
         params_or_groups,
@@ -119,6 +128,13 @@ def _learned(preset: str):
             raise ValueError(
                 f"the {preset} optimizer reads {expected.inputs}, but the given "
                 f"networks were built for {config.inputs}"
+            )
+        if curvature_method is not None and config.curvature_method != curvature_method:
+            raise ValueError(
+                f"this optimizer reads the {curvature_method} diagonal Hessian, but "
+                f"the given networks were meta-trained on {config.curvature_method!r}; "
+                f"pass a checkpoint meta-trained with --curvature-method "
+                f"{curvature_method}"
             )
         optimizer = LearnedOptimizer(params_or_groups, nets, config, **kwargs)
         if map_location is None:
@@ -162,10 +178,11 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
             needs_curvature=True,
             learned=False,
             description="damped diagonal Newton step, g / (|h| + eps)",
+            curvature_method="becker-lecun",
         ),
         OptimizerSpec(
             "lstm",
-            _learned("lstm"),
+            _learned("lstm", "lstm-fashion-mnist"),
             default_lr=None,
             needs_curvature=False,
             learned=True,
@@ -173,12 +190,25 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
         ),
         OptimizerSpec(
             "slstm",
-            _learned("slstm"),
+            _learned("slstm", "slstm-fashion-mnist"),
             default_lr=None,
             needs_curvature=True,
             learned=True,
             description="learned coordinatewise LSTM fed the gradient and the "
             "diagonal Hessian",
+            curvature_method="becker-lecun",
+        ),
+        OptimizerSpec(
+            "slstm-hutchinson",
+            _learned(
+                "slstm", "slstm-hutchinson-fashion-mnist", curvature_method="hutchinson"
+            ),
+            default_lr=None,
+            needs_curvature=True,
+            learned=True,
+            description="SLSTM meta-trained and run on Hutchinson's estimate of the "
+            "diagonal Hessian (one Rademacher probe per step)",
+            curvature_method="hutchinson",
         ),
     )
 }
