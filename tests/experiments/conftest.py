@@ -18,6 +18,7 @@ RATES = {
     "diagonal-newton": 0.03,
     "lstm": 0.045,
     "slstm": 0.08,
+    "slstm-hutchinson": 0.07,
 }
 
 

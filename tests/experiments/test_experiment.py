@@ -36,13 +36,19 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    """Save an LSTM and an SLSTM checkpoint with small random read-outs."""
+    """Save LSTM, SLSTM and SLSTM-Hutchinson checkpoints with random read-outs."""
     from slstm.optim import LearnedOptimizerConfig, create_update_nets, save_checkpoint
 
     directory = tmp_path_factory.mktemp("checkpoints")
     paths = {}
-    for name in ("lstm", "slstm"):
-        config = LearnedOptimizerConfig.preset(name, hidden_size=4, output_scale=0.01)
+    for name, preset, method in (
+        ("lstm", "lstm", "becker-lecun"),
+        ("slstm", "slstm", "becker-lecun"),
+        ("slstm-hutchinson", "slstm", "hutchinson"),
+    ):
+        config = LearnedOptimizerConfig.preset(
+            preset, hidden_size=4, output_scale=0.01, curvature_method=method
+        )
         torch.manual_seed(1)
         nets = create_update_nets(config)
         # A zero read-out (the initialisation) would make the optimizer a no-op.
@@ -60,6 +66,9 @@ def checkpoints(tmp_path_factory):
 
 
 def tiny_config(data_dir, checkpoints, out, **overrides):
+    def given(name):
+        return str(checkpoints[name]) if checkpoints.get(name) else None
+
     values = dict(
         preset="fashion-mnist",
         scale="small",
@@ -70,8 +79,9 @@ def tiny_config(data_dir, checkpoints, out, **overrides):
         eval_every=2,
         device="cpu",
         batch_size=16,
-        lstm_checkpoint=str(checkpoints["lstm"]),
-        slstm_checkpoint=str(checkpoints["slstm"]),
+        lstm_checkpoint=given("lstm"),
+        slstm_checkpoint=given("slstm"),
+        slstm_hutchinson_checkpoint=given("slstm-hutchinson"),
         tune_trials=2,
         study_seeds=1,
         lr_multipliers=(0.5, 2.0),
@@ -91,7 +101,7 @@ def experiment(data_dir, checkpoints, tmp_path_factory):
     return run_experiment(tiny_config(data_dir, checkpoints, out), progress=False)
 
 
-def test_all_six_optimizers_run(experiment):
+def test_every_optimizer_runs(experiment):
     record = experiment.record
     assert record.optimizers("main") == list(OPTIMIZER_NAMES)
     for run in record.runs_of("main"):
@@ -100,7 +110,7 @@ def test_all_six_optimizers_run(experiment):
 
 
 def test_learned_optimizers_move_loss(experiment):
-    for name in ("lstm", "slstm"):
+    for name in ("lstm", "slstm", "slstm-hutchinson"):
         for run in experiment.record.runs_of("main", name):
             assert run.train_loss[-1] != run.train_loss[0]
 
@@ -202,7 +212,7 @@ def test_studies_ran(experiment):
     sensitivity = record.runs_of("lr-sensitivity")
     assert {run.lr_multiplier for run in sensitivity} == {0.5, 2.0}
     assert len(sensitivity) == 2 * len(OPTIMIZER_NAMES)
-    for name in ("lstm", "slstm"):
+    for name in ("lstm", "slstm", "slstm-hutchinson"):
         low, high = sorted(
             (run for run in sensitivity if run.optimizer == name),
             key=lambda run: run.lr_multiplier,
@@ -211,7 +221,12 @@ def test_studies_ran(experiment):
     horizon = record.setup["horizon"]
     assert horizon["meta_horizon"] == META_HORIZON
     assert horizon["steps"] == 2 * META_HORIZON
-    assert set(record.optimizers("horizon")) == {"adam", "lstm", "slstm"}
+    assert set(record.optimizers("horizon")) == {
+        "adam",
+        "lstm",
+        "slstm",
+        "slstm-hutchinson",
+    }
 
 
 def test_same_seed_same_numbers(experiment, data_dir, checkpoints, tmp_path):
@@ -229,6 +244,7 @@ def test_same_seed_same_numbers(experiment, data_dir, checkpoints, tmp_path):
         "--batch-size=16",
         f"--lstm-checkpoint={checkpoints['lstm']}",
         f"--slstm-checkpoint={checkpoints['slstm']}",
+        f"--slstm-hutchinson-checkpoint={checkpoints['slstm-hutchinson']}",
         "--tune-trials=2",
         "--study-seeds=1",
         "--lr-multipliers=0.5,2",
@@ -451,3 +467,57 @@ def test_studies_use_their_own_seeds(experiment):
     assert {run.seed for run in record.runs_of("lr-sensitivity")} == {0}
     assert {run.seed for run in record.runs_of("horizon")} == {0, 1}
     assert record.setup["horizon"]["seeds"] == [0, 1]
+
+
+def test_hutchinson_variant_meta_trains_on_hutchinson(data_dir, tmp_path):
+    config = tiny_config(
+        data_dir,
+        {},
+        tmp_path / "meta",
+        lstm_checkpoint=None,
+        slstm_checkpoint=None,
+        slstm_hutchinson_checkpoint=None,
+        optimizers=("adam", "slstm-hutchinson"),
+        learning_rates={"adam": 1e-3},
+        studies=(),
+        seeds=1,
+        meta_train=True,
+        meta_episodes=1,
+        meta_horizon=2,
+    )
+    result = run_experiment(config, progress=False)
+    folder = tmp_path / "meta" / "meta-train" / "slstm-hutchinson"
+    meta_config = json.loads((folder / "config.json").read_text())
+    assert meta_config["optimizer"] == "slstm"
+    assert meta_config["curvature_method"] == "hutchinson"
+    runs = result.record.runs_of("main", "slstm-hutchinson")
+    assert len(runs) == 1 and runs[0].train_loss[-1] != runs[0].train_loss[0]
+
+
+@pytest.mark.parametrize(
+    ("name", "given", "message"),
+    [
+        (
+            "slstm-hutchinson",
+            "slstm",
+            "meta-trained with --curvature-method hutchinson",
+        ),
+        ("slstm-hutchinson", "lstm", "meta-trained with --optimizer slstm"),
+        ("slstm", "lstm", "meta-trained with --optimizer slstm"),
+        ("lstm", "slstm", "meta-trained with --optimizer lstm"),
+    ],
+)
+def test_checkpoint_of_another_optimizer_is_rejected(
+    data_dir, checkpoints, tmp_path, name, given, message
+):
+    option = f"{name.replace('-', '_')}_checkpoint"
+    config = tiny_config(
+        data_dir,
+        checkpoints,
+        tmp_path / "wrong",
+        optimizers=(name,),
+        studies=(),
+        **{option: str(checkpoints[given])},
+    )
+    with pytest.raises(ValueError, match=message):
+        run_experiment(config, progress=False)

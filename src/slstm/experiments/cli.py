@@ -1,4 +1,4 @@
-"""``slstm experiment PRESET``: compare the six optimizers on a preset."""
+"""``slstm experiment PRESET``: compare the optimizers on a preset."""
 
 import argparse
 import math
@@ -151,9 +151,18 @@ def add_arguments(parser):
         help="SLSTM checkpoint (default: the shipped slstm-fashion-mnist)",
     )
     learned.add_argument(
+        "--slstm-hutchinson-checkpoint",
+        default=None,
+        metavar="NAME|PATH",
+        help="checkpoint of the SLSTM variant fed Hutchinson's diagonal, "
+        "meta-trained with --curvature-method hutchinson (default: the shipped "
+        "slstm-hutchinson-fashion-mnist)",
+    )
+    learned.add_argument(
         "--meta-train",
         action="store_true",
-        help="meta-train LSTM and SLSTM first, with the code of `slstm meta-train`, "
+        help="meta-train the learned optimizers first, with the code of "
+        "`slstm meta-train`, "
         "instead of loading checkpoints (the transfer preset always does)",
     )
     learned.add_argument(
@@ -284,6 +293,7 @@ def config_from_args(args):
         optimizers=tuple(args.optimizers),
         lstm_checkpoint=args.lstm_checkpoint,
         slstm_checkpoint=args.slstm_checkpoint,
+        slstm_hutchinson_checkpoint=args.slstm_hutchinson_checkpoint,
         meta_train=args.meta_train,
         meta_episodes=args.meta_episodes,
         meta_horizon=args.meta_horizon,

@@ -5,10 +5,10 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from .presets import DISPLAY_NAMES, LEARNED
+from .presets import DISPLAY_NAMES, LEARNED, META_TRAIN_OPTIONS
 from .training import OptimizerFactory
 
-DEFAULT_CHECKPOINTS = {"lstm": "lstm-fashion-mnist", "slstm": "slstm-fashion-mnist"}
+DEFAULT_CHECKPOINTS = {name: f"{name}-fashion-mnist" for name in LEARNED}
 # Used when a checkpoint's provenance does not name its meta-training horizon.
 ASSUMED_META_HORIZON = 100
 # Keys under which a checkpoint's provenance stores its meta-training options:
@@ -157,7 +157,11 @@ def load_learned_optimizers(config, preset, out_dir, device, *, progress, log):
     """
     from slstm.optim import load_checkpoint
 
-    given = {"lstm": config.lstm_checkpoint, "slstm": config.slstm_checkpoint}
+    given = {
+        "lstm": config.lstm_checkpoint,
+        "slstm": config.slstm_checkpoint,
+        "slstm-hutchinson": config.slstm_hutchinson_checkpoint,
+    }
     sources = {}
     for name in [name for name in LEARNED if name in config.optimizers]:
         if given[name] is not None:
@@ -177,9 +181,31 @@ def load_learned_optimizers(config, preset, out_dir, device, *, progress, log):
             path_or_name = DEFAULT_CHECKPOINTS[name]
             note = "shipped checkpoint"
         checkpoint = load_checkpoint(path_or_name, map_location=device)
+        _check_variant(name, checkpoint, path_or_name)
         sources[name] = LearnedSource(checkpoint, str(path_or_name), note)
         log(f"{DISPLAY_NAMES[name]}: {path_or_name} ({note})")
     return sources
+
+
+def _check_variant(name, checkpoint, path_or_name):
+    """Raise ValueError when a checkpoint cannot serve as optimizer ``name``."""
+    options = META_TRAIN_OPTIONS[name]
+    reads_hessian = "hessian" in checkpoint.config.inputs
+    if reads_hessian != (options["optimizer"] == "slstm"):
+        wanted = "also reads" if options["optimizer"] == "slstm" else "reads only"
+        raise ValueError(
+            f"{path_or_name} holds networks that read {checkpoint.config.inputs}, "
+            f"but {DISPLAY_NAMES[name]} {wanted} the diagonal Hessian; pass a "
+            f"checkpoint meta-trained with --optimizer {options['optimizer']}"
+        )
+    method = options.get("curvature_method")
+    if method is not None and checkpoint.config.curvature_method != method:
+        raise ValueError(
+            f"{path_or_name} was meta-trained on the "
+            f"{checkpoint.config.curvature_method} diagonal Hessian, but "
+            f"{DISPLAY_NAMES[name]} reads the {method} one; pass a checkpoint "
+            f"meta-trained with --curvature-method {method}"
+        )
 
 
 def meta_train_config(name, config, preset, out_dir):
@@ -208,7 +234,10 @@ def meta_train_config(name, config, preset, out_dir):
             curvature_method=config.curvature_method,
             device=config.device,
         )
-    changes = {"optimizer": name, "out": str(Path(out_dir) / "meta-train" / name)}
+    changes = {
+        **META_TRAIN_OPTIONS[name],
+        "out": str(Path(out_dir) / "meta-train" / name),
+    }
     if config.meta_episodes is not None:
         changes["episodes"] = config.meta_episodes
     if config.meta_horizon is not None:

@@ -26,6 +26,7 @@ COLORS = {
     "diagonal-newton": "tab:purple",
     "lstm": "tab:orange",
     "slstm": "tab:red",
+    "slstm-hutchinson": "tab:brown",
 }
 DPI = 120
 

@@ -13,10 +13,19 @@ import torch
 SCALES = ("auto", "small", "full")
 
 # Every optimizer of the comparison, in table order. Names follow the
-# slstm.optim.OPTIMIZERS registry.
-OPTIMIZER_NAMES = ("sgd", "rmsprop", "adam", "diagonal-newton", "lstm", "slstm")
+# slstm.optim.OPTIMIZERS registry. "slstm" is the paper's SLSTM, fed the
+# Becker-LeCun diagonal; "slstm-hutchinson" is a named variant fed Hutchinson's.
+OPTIMIZER_NAMES = (
+    "sgd",
+    "rmsprop",
+    "adam",
+    "diagonal-newton",
+    "lstm",
+    "slstm",
+    "slstm-hutchinson",
+)
 BASELINES = ("sgd", "rmsprop", "adam", "diagonal-newton")
-LEARNED = ("lstm", "slstm")
+LEARNED = ("lstm", "slstm", "slstm-hutchinson")
 DISPLAY_NAMES = {
     "sgd": "SGD",
     "rmsprop": "RMSprop",
@@ -24,6 +33,14 @@ DISPLAY_NAMES = {
     "diagonal-newton": "DiagonalNewton",
     "lstm": "LSTM",
     "slstm": "SLSTM",
+    "slstm-hutchinson": "SLSTM-Hutchinson",
+}
+# What `slstm meta-train` runs for each learned optimizer of the comparison:
+# its --optimizer and the options that set a variant apart.
+META_TRAIN_OPTIONS = {
+    "lstm": {"optimizer": "lstm"},
+    "slstm": {"optimizer": "slstm"},
+    "slstm-hutchinson": {"optimizer": "slstm", "curvature_method": "hutchinson"},
 }
 
 # Log-uniform learning-rate search ranges for the baselines. The learned

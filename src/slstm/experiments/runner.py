@@ -71,10 +71,12 @@ class ExperimentConfig:
             (None: the scale's).
         device: "auto", "cpu" or "cuda".
         optimizers: registry names of the optimizers to compare.
-        lstm_checkpoint, slstm_checkpoint: shipped checkpoint name or file path
-            of the learned optimizers (None: the shipped Fashion-MNIST ones, or
-            meta-training where the preset requires it).
-        meta_train: meta-train LSTM and SLSTM first instead of loading checkpoints.
+        lstm_checkpoint, slstm_checkpoint, slstm_hutchinson_checkpoint: shipped
+            checkpoint name or file path of the learned optimizers (None: the
+            shipped Fashion-MNIST ones, or meta-training where the preset
+            requires it).
+        meta_train: meta-train the learned optimizers first instead of loading
+            checkpoints.
         meta_episodes: meta-training episodes (None: the preset's, or
             ``meta_config``'s).
         meta_horizon: steps per meta-training episode (None: ``meta_config``'s
@@ -121,6 +123,7 @@ class ExperimentConfig:
     optimizers: tuple = OPTIMIZER_NAMES
     lstm_checkpoint: str | None = None
     slstm_checkpoint: str | None = None
+    slstm_hutchinson_checkpoint: str | None = None
     meta_train: bool = False
     meta_episodes: int | None = None
     meta_horizon: int | None = None
@@ -403,7 +406,7 @@ def _run(config, preset, device, scale_reason, progress, command, log):
         records.write_results(record, out_dir)
 
     if "horizon" in config.studies:
-        names = [n for n in ("adam", "lstm", "slstm") if n in config.optimizers]
+        names = [n for n in ("adam", *LEARNED) if n in config.optimizers]
         if any(name in LEARNED for name in names):
             phase = time.perf_counter()
             trained_horizon, source = meta_horizon(learned)

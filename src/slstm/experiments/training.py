@@ -119,6 +119,9 @@ def train_run(
         lr_multiplier=lr_multiplier,
     )
     eval_steps = set(eval_steps)
+    # Hutchinson's probes come from a generator of the run's own seed, so a
+    # run repeats exactly whatever ran before it in the process.
+    probes = torch.Generator(device=device).manual_seed(seed)
     started = time.perf_counter()
     if 0 in eval_steps and not _evaluate_into(record, model, eval_sets, 0, device):
         record.wall_time_s = time.perf_counter() - started
@@ -127,7 +130,7 @@ def train_run(
         inputs, targets = next(batches)
         step_started = time.perf_counter()
         loss, finite = _update(
-            model, torch_optimizer, inputs, targets, optimizer.curvature_method
+            model, torch_optimizer, inputs, targets, optimizer.curvature_method, probes
         )
         _synchronize(device)
         record.steps.append(step)
@@ -146,7 +149,7 @@ def train_run(
     return record
 
 
-def _update(model, optimizer, inputs, targets, curvature_method):
+def _update(model, optimizer, inputs, targets, curvature_method, probes=None):
     """Run one forward, backward and update.
 
     Returns ``(loss, finite)``: the minibatch loss as a float, and False when the
@@ -167,7 +170,12 @@ def _update(model, optimizer, inputs, targets, curvature_method):
 
         # One pass sets p.grad and p.hessian_diag for the optimizer to read.
         loss = curvature.backward(
-            model, torch.nn.CrossEntropyLoss(), inputs, targets, method=curvature_method
+            model,
+            torch.nn.CrossEntropyLoss(),
+            inputs,
+            targets,
+            method=curvature_method,
+            generator=probes if curvature_method == "hutchinson" else None,
         )
         value = float(loss)
         if not math.isfinite(value):
