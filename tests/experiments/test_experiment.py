@@ -469,7 +469,7 @@ def test_studies_use_their_own_seeds(experiment):
     assert record.setup["horizon"]["seeds"] == [0, 1]
 
 
-def test_hutchinson_variant_meta_trains_on_hutchinson(data_dir, tmp_path):
+def test_hutchinson_meta_trains_on_hutchinson(data_dir, tmp_path):
     config = tiny_config(
         data_dir,
         {},
@@ -491,7 +491,8 @@ def test_hutchinson_variant_meta_trains_on_hutchinson(data_dir, tmp_path):
     assert meta_config["optimizer"] == "slstm"
     assert meta_config["curvature_method"] == "hutchinson"
     runs = result.record.runs_of("main", "slstm-hutchinson")
-    assert len(runs) == 1 and runs[0].train_loss[-1] != runs[0].train_loss[0]
+    assert len(runs) == 1
+    assert runs[0].train_loss[-1] != runs[0].train_loss[0]
 
 
 @pytest.mark.parametrize(
@@ -507,7 +508,7 @@ def test_hutchinson_variant_meta_trains_on_hutchinson(data_dir, tmp_path):
         ("lstm", "slstm", "meta-trained with --optimizer lstm"),
     ],
 )
-def test_checkpoint_of_another_optimizer_is_rejected(
+def test_rejects_other_optimizers_checkpoint(
     data_dir, checkpoints, tmp_path, name, given, message
 ):
     option = f"{name.replace('-', '_')}_checkpoint"

@@ -97,7 +97,7 @@ def test_help_shows_defaults(capsys):
         assert default in text
 
 
-def test_hutchinson_variant_repeats_exactly(capsys, tmp_path):
+def test_hutchinson_train_repeats_exactly(capsys, tmp_path):
     from slstm.optim import LearnedOptimizerConfig, create_update_nets, save_checkpoint
 
     config = LearnedOptimizerConfig.preset(

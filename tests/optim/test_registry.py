@@ -127,14 +127,14 @@ def test_learned_rejects_nets_of_other_preset(learned_nets):
         OPTIMIZERS["slstm"].make(digits_cnn(), nets=nets, config=config)
 
 
-def test_hutchinson_variant_rejects_nets_of_another_estimator(learned_nets):
+def test_hutchinson_rejects_other_estimator_nets(learned_nets):
     nets, config = learned_nets["slstm"]
     with pytest.raises(ValueError, match="--curvature-method hutchinson"):
         OPTIMIZERS["slstm-hutchinson"].make(digits_cnn(), nets=nets, config=config)
 
 
 @pytest.mark.parametrize("name", LEARNED)
-def test_learned_optimizer_names_its_curvature_method(name, learned_nets):
+def test_learned_names_curvature_method(name, learned_nets):
     optimizer = build(name, digits_cnn().parameters(), learned_nets)
     assert optimizer.curvature_method == OPTIMIZERS[name].curvature_method
 

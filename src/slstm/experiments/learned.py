@@ -192,10 +192,10 @@ def _check_variant(name, checkpoint, path_or_name):
     options = META_TRAIN_OPTIONS[name]
     reads_hessian = "hessian" in checkpoint.config.inputs
     if reads_hessian != (options["optimizer"] == "slstm"):
-        wanted = "also reads" if options["optimizer"] == "slstm" else "reads only"
+        reads = "also reads" if options["optimizer"] == "slstm" else "reads only"
         raise ValueError(
-            f"{path_or_name} holds networks that read {checkpoint.config.inputs}, "
-            f"but {DISPLAY_NAMES[name]} {wanted} the diagonal Hessian; pass a "
+            f"{path_or_name} contains networks that read {checkpoint.config.inputs}, "
+            f"but {DISPLAY_NAMES[name]} {reads} the diagonal Hessian; pass a "
             f"checkpoint meta-trained with --optimizer {options['optimizer']}"
         )
     method = options.get("curvature_method")

@@ -35,7 +35,7 @@ DISPLAY_NAMES = {
     "slstm": "SLSTM",
     "slstm-hutchinson": "SLSTM-Hutchinson",
 }
-# What `slstm meta-train` runs for each learned optimizer of the comparison:
+# Options of `slstm meta-train` for each learned optimizer of the comparison:
 # its --optimizer and the options that set a variant apart.
 META_TRAIN_OPTIONS = {
     "lstm": {"optimizer": "lstm"},

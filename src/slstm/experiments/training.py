@@ -120,7 +120,7 @@ def train_run(
     )
     eval_steps = set(eval_steps)
     # Hutchinson's probes come from a generator of the run's own seed, so a
-    # run repeats exactly whatever ran before it in the process.
+    # run gives the same numbers whatever ran before it in the process.
     probes = torch.Generator(device=device).manual_seed(seed)
     started = time.perf_counter()
     if 0 in eval_steps and not _evaluate_into(record, model, eval_sets, 0, device):
