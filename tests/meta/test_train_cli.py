@@ -1,5 +1,7 @@
 """`slstm train`: user errors end in one line and exit status 2."""
 
+import json
+
 import pytest
 import torch
 
@@ -119,3 +121,18 @@ def test_hutchinson_train_repeats_exactly(capsys, tmp_path):
         outputs.append(capsys.readouterr().out)
     assert outputs[0] == outputs[1]
     assert "step      3  train loss" in outputs[0]
+
+
+def test_train_rejects_other_curvature_method(capsys, checkpoint):
+    code = _train(checkpoint, "--curvature-method", "hutchinson")
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--curvature-method hutchinson differs from becker-lecun" in err
+    assert "drop --curvature-method" in err
+
+
+def test_train_records_the_method_that_ran(checkpoint, tmp_path):
+    out = tmp_path / "run"
+    assert _train(checkpoint, "--out", str(out)) == 0
+    settings = json.loads((out / "config.json").read_text())
+    assert settings["curvature_method"] == "becker-lecun"

@@ -133,6 +133,21 @@ def test_hutchinson_rejects_other_estimator_nets(learned_nets):
         OPTIMIZERS["slstm-hutchinson"].make(digits_cnn(), nets=nets, config=config)
 
 
+def test_learned_rejects_h_of_another_estimator(learned_nets, digits):
+    inputs, targets = digits[0][:16], digits[1][:16]
+    model = digits_cnn(4)
+    optimizer = build("slstm-hutchinson", model, learned_nets)
+    before = [p.clone() for p in model.parameters()]
+    backward(model, LOSS_FN, inputs, targets)  # Becker-LeCun, the default
+    with pytest.raises(ValueError, match="method=optimizer.curvature_method"):
+        optimizer.step()
+    for p, q in zip(model.parameters(), before, strict=True):
+        assert torch.equal(p, q)
+    optimizer.zero_grad()
+    backward(model, LOSS_FN, inputs, targets, optimizer.curvature_method)
+    optimizer.step()
+
+
 @pytest.mark.parametrize("name", LEARNED)
 def test_learned_names_curvature_method(name, learned_nets):
     optimizer = build(name, digits_cnn().parameters(), learned_nets)

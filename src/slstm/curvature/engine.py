@@ -55,7 +55,8 @@ def backward(
 
     Afterwards each parameter ``p`` with ``p.requires_grad`` has ``p.grad`` (added
     to an existing gradient, as ``loss.backward()`` does) and ``p.hessian_diag``
-    (replaced), both shaped like ``p``.
+    (replaced), both shaped like ``p``, and ``p.hessian_method``, the ``method``
+    that computed it (learned optimizers check it against their own).
 
     Args:
         model: for the one-pass methods, a chain of supported modules (see
@@ -104,6 +105,7 @@ def backward(
             else:
                 p.grad.add_(grads[name])
             p.hessian_diag = diagonals[name]
+            p.hessian_method = method
     loss = loss.detach()
     return (loss, output.detach()) if return_output else loss
 

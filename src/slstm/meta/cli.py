@@ -37,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--optimizer",
         choices=OPTIMIZER_KINDS,
         help="lstm reads the gradient; slstm also reads the diagonal Hessian "
+        "(for the slstm-hutchinson optimizer, add --curvature-method hutchinson) "
         f"(default: {defaults.optimizer})",
     )
     add_data_arguments(parser)

@@ -103,7 +103,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--curvature-method",
         metavar="METHOD",
         help="diagonal Hessian method for optimizers that read it (default: the "
-        "checkpoint's, else becker-lecun)",
+        "checkpoint's, else becker-lecun); a learned optimizer accepts only the "
+        "method it was meta-trained on",
     )
     parser.add_argument(
         "--out",
@@ -214,7 +215,8 @@ def _run_joint(args, out, report) -> int:
     if args.optimizer not in ("lstm", "slstm"):
         raise ValueError(
             f"--joint meta-learns a learned optimizer, but --optimizer "
-            f"is {args.optimizer}; use --optimizer lstm or slstm"
+            f"is {args.optimizer}; use --optimizer lstm or slstm (for "
+            "Hutchinson's h, --optimizer slstm --curvature-method hutchinson)"
         )
     config = MetaTrainConfig(
         optimizer=args.optimizer,
@@ -295,9 +297,21 @@ def _run_plain(args, report) -> int:
         )
     optimizer = spec.make(model, args.lr, **options)
     method = args.curvature_method
+    learned_method = getattr(optimizer, "curvature_method", None)
     if method is None:
-        learned_config = getattr(optimizer, "config", None)
-        method = learned_config.curvature_method if learned_config else "becker-lecun"
+        method = learned_method or "becker-lecun"
+    elif learned_method is not None and method != learned_method:
+        raise ValueError(
+            f"--curvature-method {method} differs from {learned_method}, the "
+            f"method that the {args.optimizer} checkpoint was meta-trained on; "
+            "drop --curvature-method"
+        )
+    if args.out:
+        # Record the method that runs, not the option's None default.
+        path = Path(args.out) / "config.json"
+        settings = json.loads(path.read_text(encoding="utf-8"))
+        settings["curvature_method"] = method
+        atomic_write_text(json.dumps(settings, indent=2) + "\n", path)
 
     loss_fn = nn.CrossEntropyLoss()
     generator = torch.Generator(device=data.train.device).manual_seed(args.seed)

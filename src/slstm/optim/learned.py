@@ -314,6 +314,22 @@ class LearnedOptimizer(torch.optim.Optimizer):
             for p in group["params"]:
                 if getattr(p, "hessian_diag", None) is not None:
                     p.hessian_diag = None
+                if getattr(p, "hessian_method", None) is not None:
+                    p.hessian_method = None
+
+    def _check_curvature_method(self, entries) -> None:
+        """Raise ValueError when ``slstm.curvature.backward`` computed an ``h``
+        with another estimator than the networks were meta-trained on."""
+        expected = self.config.curvature_method
+        for _, p, name, _ in entries:
+            method = getattr(p, "hessian_method", None)
+            if method is not None and method != expected:
+                raise ValueError(
+                    f"the diagonal Hessian of {name} was computed with "
+                    f"method={method!r}, but these networks were meta-trained on "
+                    f"{expected!r}; call slstm.curvature.backward(..., "
+                    f"method=optimizer.curvature_method)"
+                )
 
     def reset_state(self) -> None:
         """Forget all recurrent state, so the next step starts a fresh run."""
@@ -390,6 +406,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
             hessian=self.config.needs_curvature,
             advice=LEARNED_ADVICE,
         )
+        if self.config.needs_curvature:
+            self._check_curvature_method(entries)
         # The networks' weights are fixed during a step, so each layer's fused
         # weight is built once here rather than once per block of coordinates.
         self._workspace["fused_weights"] = {}

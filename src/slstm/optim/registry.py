@@ -87,8 +87,8 @@ def _baseline(cls, default_lr, **fixed):
     return make
 
 
-def _learned(preset: str, default_checkpoint: str, curvature_method=None):
-    """Return ``make`` for a learned optimizer of ``preset``'s inputs.
+def _learned(name: str, preset: str, default_checkpoint: str, curvature_method=None):
+    """Return ``make`` for the learned optimizer ``name`` of ``preset``'s inputs.
 
     ``curvature_method``, when given, is the diagonal-Hessian estimator that the
     networks must have been meta-trained with: a named variant such as
@@ -107,9 +107,10 @@ def _learned(preset: str, default_checkpoint: str, curvature_method=None):
     ):
         if lr is not None:
             raise ValueError(
-                f"the {preset} optimizer has no learning rate (its step size is "
+                f"the {name} optimizer has no learning rate (its step size is "
                 f"meta-trained), got lr={lr!r}; pass lr=None"
             )
+        source = "the given networks"
         if nets is None:
             if config is not None:
                 raise ValueError(
@@ -120,21 +121,24 @@ def _learned(preset: str, default_checkpoint: str, curvature_method=None):
                 checkpoint or default_checkpoint, map_location=map_location
             )
             nets, config = loaded.nets, loaded.config
+            source = f"checkpoint {checkpoint or default_checkpoint}"
         elif checkpoint is not None:
             raise ValueError("pass either nets (with config) or checkpoint, not both")
         config = config or LearnedOptimizerConfig.preset(preset)
         expected = LearnedOptimizerConfig.preset(preset)
         if config.inputs != expected.inputs:
+            kind = "slstm" if "hessian" in config.inputs else "lstm"
             raise ValueError(
-                f"the {preset} optimizer reads {expected.inputs}, but the given "
-                f"networks were built for {config.inputs}"
+                f"the {name} optimizer reads {expected.inputs}, but {source} was "
+                f"built for {config.inputs}; use the {kind} optimizer for it, or "
+                f"a checkpoint meta-trained with --optimizer {preset}"
             )
         if curvature_method is not None and config.curvature_method != curvature_method:
             raise ValueError(
-                f"this optimizer reads the {curvature_method} diagonal Hessian, but "
-                f"the given networks were meta-trained on {config.curvature_method!r}; "
-                f"pass a checkpoint meta-trained with --curvature-method "
-                f"{curvature_method}"
+                f"the {name} optimizer reads the {curvature_method} diagonal "
+                f"Hessian, but {source} was meta-trained on "
+                f"{config.curvature_method!r}; use the slstm optimizer for it, or a "
+                f"checkpoint meta-trained with --curvature-method {curvature_method}"
             )
         optimizer = LearnedOptimizer(params_or_groups, nets, config, **kwargs)
         if map_location is None:
@@ -182,7 +186,7 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
         ),
         OptimizerSpec(
             "lstm",
-            _learned("lstm", "lstm-fashion-mnist"),
+            _learned("lstm", "lstm", "lstm-fashion-mnist"),
             default_lr=None,
             needs_curvature=False,
             learned=True,
@@ -190,7 +194,7 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
         ),
         OptimizerSpec(
             "slstm",
-            _learned("slstm", "slstm-fashion-mnist"),
+            _learned("slstm", "slstm", "slstm-fashion-mnist"),
             default_lr=None,
             needs_curvature=True,
             learned=True,
@@ -201,7 +205,10 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
         OptimizerSpec(
             "slstm-hutchinson",
             _learned(
-                "slstm", "slstm-hutchinson-fashion-mnist", curvature_method="hutchinson"
+                "slstm-hutchinson",
+                "slstm",
+                "slstm-hutchinson-fashion-mnist",
+                curvature_method="hutchinson",
             ),
             default_lr=None,
             needs_curvature=True,
