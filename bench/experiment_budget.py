@@ -101,6 +101,7 @@ def measure_costs(config, preset, device, steps):
     """Return seconds per step of each optimizer and per evaluation."""
     from slstm.data import load_dataset
     from slstm.experiments.learned import LearnedSource
+    from slstm.experiments.presets import LEARNED, META_TRAIN_OPTIONS, OPTIMIZER_NAMES
     from slstm.experiments.runner import _fixed_subset
     from slstm.experiments.studies import RunContext
     from slstm.experiments.training import EvalSets, evaluate
@@ -115,8 +116,12 @@ def measure_costs(config, preset, device, steps):
         )
 
     learned = {}
-    for name in ("lstm", "slstm"):
-        optimizer_config = LearnedOptimizerConfig.preset(name)
+    for name in LEARNED:
+        options = META_TRAIN_OPTIONS[name]
+        optimizer_config = LearnedOptimizerConfig.preset(
+            options["optimizer"],
+            curvature_method=options.get("curvature_method", "becker-lecun"),
+        )
         nets = create_update_nets(optimizer_config).to(device)
         learned[name] = LearnedSource(
             Checkpoint(nets=nets, config=optimizer_config, provenance={}), name
@@ -141,7 +146,7 @@ def measure_costs(config, preset, device, steps):
     # land on the first optimizer timed.
     context.run("bench", "sgd", 0, rates["sgd"], min(steps, 5), [0])
     wall, cpu = {}, {}
-    for name in ("sgd", "rmsprop", "adam", "diagonal-newton", "lstm", "slstm"):
+    for name in OPTIMIZER_NAMES:
         started = time.process_time()
         run = context.run("bench", name, 0, rates.get(name, 1.0), steps, [])
         cpu[name] = (time.process_time() - started) / len(run.steps)
@@ -164,7 +169,7 @@ def measure_costs(config, preset, device, steps):
 
 def project(config, costs):
     """Return projected seconds per phase of the experiment ``config`` runs."""
-    from slstm.experiments.presets import BASELINES, OPTIMIZER_NAMES
+    from slstm.experiments.presets import BASELINES, LEARNED, OPTIMIZER_NAMES
     from slstm.experiments.studies import horizon_eval_steps
     from slstm.experiments.training import evaluation_steps
 
@@ -195,7 +200,7 @@ def project(config, costs):
     horizon_evals = len(horizon_eval_steps(horizon, config.eval_every, 100))
     phases["horizon"] = config.study_seeds * sum(
         horizon * costs[name] + horizon_evals * costs["eval"]
-        for name in ("adam", "lstm", "slstm")
+        for name in ("adam", *LEARNED)
     )
     return phases
 

@@ -503,9 +503,10 @@ def test_hutchinson_meta_trains_on_hutchinson(data_dir, tmp_path):
             "slstm",
             "meta-trained with --curvature-method hutchinson",
         ),
+        ("slstm", "slstm-hutchinson", "--curvature-method becker-lecun"),
         ("slstm-hutchinson", "lstm", "meta-trained with --optimizer slstm"),
         ("slstm", "lstm", "meta-trained with --optimizer slstm"),
-        ("lstm", "slstm", "meta-trained with --optimizer lstm"),
+        ("lstm", "slstm", "reads only the gradient"),
     ],
 )
 def test_rejects_other_optimizers_checkpoint(

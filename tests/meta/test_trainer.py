@@ -157,7 +157,7 @@ def test_resume_in_process_continues_to_more_episodes(tiny_config):
 
 def test_resume_rejects_changed_options(tiny_config):
     meta_train(tiny_config(episodes=1), progress=False)
-    with pytest.raises(ValueError, match="horizon: saved 10, requested 20"):
+    with pytest.raises(ValueError, match="--horizon: saved 10, requested 20"):
         meta_train(tiny_config(episodes=2, horizon=20), resume=True, progress=False)
 
 
@@ -252,10 +252,12 @@ def test_seed_changes_training_tasks_not_validation(tiny_config):
 
 def test_resume_rejects_another_validation_seed(tiny_config):
     meta_train(tiny_config(episodes=1), progress=False)
-    with pytest.raises(ValueError, match="validation_seed: saved 0, requested 2"):
+    with pytest.raises(ValueError) as error:
         meta_train(
             tiny_config(episodes=2, validation_seed=2), resume=True, progress=False
         )
+    assert "--validation-seed: saved 0, requested 2" in str(error.value)
+    assert "without validation_seed" in str(error.value)
 
 
 def test_resume_before_first_checkpoint_starts_over(tiny_config):

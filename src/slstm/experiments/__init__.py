@@ -1,8 +1,8 @@
 """Comparisons of optimizers on preset experiments: runner, records, plots, summary.
 
 ``run_experiment(ExperimentConfig(...))`` trains a preset network with SGD,
-RMSprop, Adam, DiagonalNewton and the learned LSTM and SLSTM optimizers on the
-same initialisations and minibatches, and writes ``config.json``,
+RMSprop, Adam, DiagonalNewton and the learned LSTM, SLSTM and SLSTM-Hutchinson
+optimizers on the same initialisations and minibatches, and writes ``config.json``,
 ``results.json``, ``curves.csv``, PNG plots and ``summary.md``. ``slstm
 experiment`` and ``slstm plot`` are its command-line front ends.
 """

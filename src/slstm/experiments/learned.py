@@ -192,11 +192,15 @@ def _check_variant(name, checkpoint, path_or_name):
     options = META_TRAIN_OPTIONS[name]
     reads_hessian = "hessian" in checkpoint.config.inputs
     if reads_hessian != (options["optimizer"] == "slstm"):
-        reads = "also reads" if options["optimizer"] == "slstm" else "reads only"
+        reads = (
+            "also reads the diagonal Hessian"
+            if options["optimizer"] == "slstm"
+            else "reads only the gradient"
+        )
         raise ValueError(
             f"{path_or_name} contains networks that read {checkpoint.config.inputs}, "
-            f"but {DISPLAY_NAMES[name]} {reads} the diagonal Hessian; pass a "
-            f"checkpoint meta-trained with --optimizer {options['optimizer']}"
+            f"but {DISPLAY_NAMES[name]} {reads}; pass a checkpoint meta-trained "
+            f"with --optimizer {options['optimizer']}"
         )
     method = options.get("curvature_method")
     if method is not None and checkpoint.config.curvature_method != method:

@@ -39,7 +39,7 @@ DISPLAY_NAMES = {
 # its --optimizer and the options that set a variant apart.
 META_TRAIN_OPTIONS = {
     "lstm": {"optimizer": "lstm"},
-    "slstm": {"optimizer": "slstm"},
+    "slstm": {"optimizer": "slstm", "curvature_method": "becker-lecun"},
     "slstm-hutchinson": {"optimizer": "slstm", "curvature_method": "hutchinson"},
 }
 

@@ -283,8 +283,8 @@ def render_summary(record):
             "## Learning-rate sensitivity",
             "",
             f"Train loss at step {final_step} when each optimizer's learning rate is "
-            "multiplied by the column's factor (for LSTM and SLSTM the factor "
-            f"multiplies the update they output); seeds {study['seeds']}.",
+            "multiplied by the column's factor (for the learned optimizers the "
+            f"factor multiplies the update they output); seeds {study['seeds']}.",
             "",
             sensitivity,
         ]

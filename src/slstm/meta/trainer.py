@@ -966,14 +966,23 @@ def check_resumable(saved: MetaTrainConfig, requested: MetaTrainConfig) -> None:
         and saved_values[name] != requested_values[name]
     )
     if changed:
+        # Every option that can differ here is named on the command line as
+        # --name-with-hyphens.
         details = ", ".join(
-            f"{name}: saved {saved_values[name]!r}, "
+            f"--{name.replace('_', '-')}: saved {saved_values[name]!r}, "
             f"requested {requested_values[name]!r}"
             for name in changed
         )
+        hint = ""
+        if "validation_seed" in changed:
+            hint = (
+                "; a config.json without validation_seed, as runs before that "
+                "option wrote, uses its seed as the validation seed"
+            )
         raise ValueError(
-            f"--resume would change options that alter the run ({details}); resume "
-            "with the saved values (they are in config.json) or start a new --out"
+            f"--resume would change options that alter the run ({details}){hint}; "
+            "resume with the saved values (they are in config.json) or start a new "
+            "--out"
         )
 
 
