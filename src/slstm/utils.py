@@ -32,3 +32,13 @@ def command_line(argv=None) -> str:
         if program.name == "__main__.py" and program.parent.name == "slstm":
             argv[0] = "slstm"
     return " ".join(shlex.quote(arg) for arg in argv)
+
+
+# XORed into a run's seed for Hutchinson's probes, so that their generator does
+# not replay the random numbers of the minibatch generator of the same seed.
+PROBE_SEED_MASK = 0x5EED
+
+
+def probe_generator(seed: int, device) -> torch.Generator:
+    """Return the generator of Hutchinson's random probes for a run of ``seed``."""
+    return torch.Generator(device=device).manual_seed(seed ^ PROBE_SEED_MASK)

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from slstm.utils import probe_generator
+
 from .records import RunRecord
 
 EVAL_BATCH_SIZE = 1000
@@ -121,7 +123,7 @@ def train_run(
     eval_steps = set(eval_steps)
     # Hutchinson's probes come from a generator of the run's own seed, so a
     # run gives the same numbers whatever ran before it in the process.
-    probes = torch.Generator(device=device).manual_seed(seed)
+    probes = probe_generator(seed, device)
     started = time.perf_counter()
     if 0 in eval_steps and not _evaluate_into(record, model, eval_sets, 0, device):
         record.wall_time_s = time.perf_counter() - started

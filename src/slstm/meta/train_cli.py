@@ -260,7 +260,7 @@ def _run_plain(args, report) -> int:
     from slstm.meta.trainer import evaluate_model
     from slstm.models import build_model
     from slstm.optim import OPTIMIZERS, load_checkpoint
-    from slstm.utils import resolve_device
+    from slstm.utils import probe_generator, resolve_device
 
     spec = OPTIMIZERS[args.optimizer]
     device = resolve_device(args.device)
@@ -321,7 +321,7 @@ def _run_plain(args, report) -> int:
     # Hutchinson's probes from the run's seed, so that a run repeats exactly.
     probes = None
     if method == "hutchinson":
-        probes = torch.Generator(device=device).manual_seed(args.seed)
+        probes = probe_generator(args.seed, device)
     started = time.perf_counter()
     test_loss, test_error = evaluate_model(model, data.test, device)
     report(0, math.nan, test_loss, test_error, 0, 0.0)

@@ -50,7 +50,7 @@ from slstm.meta.tasks import (
     task_num_classes,
 )
 from slstm.meta.unroll import Optimizee, cross_entropy, unroll_truncation
-from slstm.utils import resolve_device
+from slstm.utils import probe_generator, resolve_device
 
 logger = logging.getLogger("slstm.meta")
 
@@ -250,16 +250,14 @@ class MetaTrainer:
         batches = batch_iterator(
             split, self.config.batch_size, generator=batch_generator, device=self.device
         )
-        probe_generator = torch.Generator(device=self.device).manual_seed(
-            task.data_seed ^ 0x5EED
-        )
+        probes = probe_generator(task.data_seed, self.device)
         optimizee = Optimizee(
             model,
             kinds,
             batches,
             uses_hessian=self.config.uses_hessian,
             curvature_method=self.config.curvature_method,
-            generator=probe_generator,
+            generator=probes,
             divergence_factor=self.config.divergence_factor,
         )
         optimizee.start()
