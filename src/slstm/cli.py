@@ -20,6 +20,11 @@ COMMANDS = [
         "choose a learned optimizer's output scale on validation tasks",
     ),
     (
+        "average",
+        "slstm.optim.average_cli",
+        "average the update networks of several checkpoints",
+    ),
+    (
         "train",
         "slstm.meta.train_cli",
         "train one CNN, optionally meta-learning jointly",

@@ -275,3 +275,69 @@ def test_load_accepts_named_parameters(tmp_path):
     optimizer.step()
     for b, p in zip(before, model.parameters(), strict=True):
         assert not torch.equal(b, p)
+
+
+def _saved_run(tmp_path, config, seeds):
+    """Save one checkpoint per seed as meta-training's validated/ files would."""
+    paths = []
+    for episode, seed in enumerate(seeds, start=1):
+        provenance = {
+            "command": "slstm meta-train --out run",
+            "dataset": "fashion-mnist",
+            "meta_train_config": {"net": "mnist_cnn"},
+            "episodes": 10 * episode,
+            "validation_loss": 0.5 + episode,
+        }
+        nets = trained_looking_nets(config, seed=seed)
+        paths.append(
+            save_checkpoint(
+                tmp_path / f"episode-{episode}.pt", nets, config, provenance
+            )
+        )
+    return paths
+
+
+def test_average_is_the_mean_of_the_weights(tmp_path):
+    config = LearnedOptimizerConfig.preset("slstm", hidden_size=4)
+    paths = _saved_run(tmp_path, config, seeds=(0, 1, 2))
+    average = slstm.optim.average_checkpoints(paths)
+    loaded = [load_checkpoint(path) for path in paths]
+    for kind in config.kinds:
+        for name, value in average.nets[kind].state_dict().items():
+            expected = sum(c.nets[kind].state_dict()[name] for c in loaded) / 3
+            torch.testing.assert_close(value, expected)
+    assert average.config == config
+    record = average.provenance["weight_average"]
+    assert [source["episode"] for source in record["sources"]] == [10, 20, 30]
+    assert record["source_command"] == "slstm meta-train --out run"
+    assert average.provenance["meta_train_config"] == {"net": "mnist_cnn"}
+    # One source's scores would misdescribe the average.
+    assert "validation_loss" not in average.provenance
+    assert "episodes" not in average.provenance
+
+
+def test_average_rejects_other_configurations(tmp_path):
+    first = _saved_run(tmp_path / "a", LearnedOptimizerConfig.preset("slstm"), (0,))
+    other = LearnedOptimizerConfig.preset("slstm", curvature_method="hutchinson")
+    second = _saved_run(tmp_path / "b", other, (1,))
+    with pytest.raises(CheckpointError, match="average only checkpoints of one"):
+        slstm.optim.average_checkpoints([*first, *second])
+    with pytest.raises(CheckpointError, match="at least two checkpoints, got 1"):
+        slstm.optim.average_checkpoints(first)
+
+
+def test_average_command_writes_a_loadable_file(tmp_path, capsys, monkeypatch):
+    from slstm.cli import main
+
+    config = LearnedOptimizerConfig.preset("lstm", hidden_size=4)
+    paths = _saved_run(tmp_path, config, seeds=(0, 1))
+    out = tmp_path / "mean.pt"
+    argv = ["average", *map(str, paths), "--out", str(out)]
+    # The recorded command is read from sys.argv, as for the console script.
+    monkeypatch.setattr("sys.argv", ["slstm", *argv])
+    assert main(argv) == 0
+    loaded = load_checkpoint(out)
+    assert loaded.provenance["command"].startswith("slstm average")
+    assert len(loaded.provenance["weight_average"]["sources"]) == 2
+    assert main(["average", str(paths[0]), "--out", str(out)]) == 2
+    assert "at least two checkpoints" in capsys.readouterr().err

@@ -11,6 +11,7 @@
 from slstm.optim.checkpoints import (
     Checkpoint,
     CheckpointError,
+    average_checkpoints,
     load,
     load_checkpoint,
     save_checkpoint,
@@ -54,6 +55,7 @@ __all__ = [
     "make_optimizer",
     "Checkpoint",
     "CheckpointError",
+    "average_checkpoints",
     "load",
     "load_checkpoint",
     "save_checkpoint",

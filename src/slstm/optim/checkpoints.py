@@ -366,3 +366,74 @@ def load(name_or_path, params_or_model, *, map_location=None, **kwargs):
         first = optimizer.param_groups[0]["params"][0]
         checkpoint.nets.to(first.device)
     return optimizer
+
+
+# Provenance entries that describe a whole meta-training run, kept by an average.
+AVERAGE_KEEPS = (
+    "created_by",
+    "dataset",
+    "meta_train_config",
+    "init",
+    "world_size",
+    "slstm_version",
+    "torch_version",
+)
+
+
+def average_checkpoints(names_or_paths) -> Checkpoint:
+    """Return a checkpoint whose networks are the mean of several checkpoints'.
+
+    Averaging the update networks saved along one meta-training run (for example
+    its ``validated/`` files) smooths out the episode-to-episode noise of the
+    meta-gradient, as stochastic weight averaging does for ordinary training.
+    Every checkpoint must have the same configuration. The provenance is the last
+    checkpoint's run-wide entries (``AVERAGE_KEEPS``) and a ``"weight_average"``
+    record of every source: its path, episode, validation loss, git commit and
+    time of saving, and the command that wrote the last one.
+
+    Raises:
+        CheckpointError: fewer than two checkpoints, or configurations that
+            differ (the message names the first file that differs).
+    """
+    sources = list(names_or_paths)
+    if len(sources) < 2:
+        raise CheckpointError(
+            f"averaging needs at least two checkpoints, got {len(sources)}; pass "
+            "the files to average, e.g. a run's validated/episode-*.pt"
+        )
+    loaded = [load_checkpoint(source, map_location="cpu") for source in sources]
+    first = loaded[0]
+    for checkpoint in loaded[1:]:
+        if checkpoint.config != first.config:
+            raise CheckpointError(
+                f"{str(checkpoint.path)!r} has configuration {checkpoint.config}, "
+                f"but {str(first.path)!r} has {first.config}; average only "
+                "checkpoints of one meta-training run"
+            )
+    nets = create_update_nets(first.config)
+    for kind in first.config.kinds:
+        states = [checkpoint.nets[kind].state_dict() for checkpoint in loaded]
+        nets[kind].load_state_dict(
+            {
+                name: torch.stack([state[name] for state in states]).mean(0)
+                for name in states[0]
+            }
+        )
+    # Scores and counters describe one source, not the average, so only the
+    # run-wide entries carry over.
+    last = loaded[-1].provenance
+    provenance = {key: last[key] for key in AVERAGE_KEEPS if key in last}
+    provenance["weight_average"] = {
+        "sources": [
+            {
+                "path": str(checkpoint.path),
+                "episode": checkpoint.provenance.get("episodes"),
+                "validation_loss": checkpoint.provenance.get("validation_loss"),
+                "git_commit": checkpoint.provenance.get("git_commit"),
+                "saved_at": checkpoint.provenance.get("saved_at"),
+            }
+            for checkpoint in loaded
+        ],
+        "source_command": last.get("command"),
+    }
+    return Checkpoint(nets=nets, config=first.config, provenance=provenance)

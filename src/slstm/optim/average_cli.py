@@ -1,0 +1,35 @@
+"""``slstm average``: average the update networks of several checkpoints."""
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``slstm average`` to ``parser``."""
+    parser.add_argument(
+        "checkpoints",
+        nargs="+",
+        metavar="CHECKPOINT",
+        help="checkpoints of one meta-training run, e.g. its "
+        "validated/episode-*.pt files",
+    )
+    parser.add_argument(
+        "--out", required=True, metavar="FILE", help="where to write the average"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Write the average; a user error prints one line and returns 2."""
+    from slstm.optim import average_checkpoints, save_checkpoint
+
+    try:
+        average = average_checkpoints(args.checkpoints)
+        # save_checkpoint records this command as the file's "command".
+        path = save_checkpoint(
+            args.out, average.nets, average.config, average.provenance
+        )
+    except (ValueError, OSError) as error:
+        print(f"slstm average: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote the mean of {len(args.checkpoints)} checkpoints to {path}")
+    return 0
