@@ -523,3 +523,19 @@ def test_rejects_other_optimizers_checkpoint(
     )
     with pytest.raises(ValueError, match=message):
         run_experiment(config, progress=False)
+
+
+def test_unused_checkpoint_option_is_reported(data_dir, checkpoints, tmp_path):
+    lines = []
+    config = tiny_config(
+        data_dir,
+        checkpoints,
+        tmp_path / "unused",
+        optimizers=("lstm",),
+        studies=(),
+        seeds=1,
+    )
+    run_experiment(config, progress=False, log=lines.append)
+    assert any(
+        "--slstm-hutchinson-checkpoint" in line and "not used" in line for line in lines
+    )

@@ -162,6 +162,12 @@ def load_learned_optimizers(config, preset, out_dir, device, *, progress, log):
         "slstm": config.slstm_checkpoint,
         "slstm-hutchinson": config.slstm_hutchinson_checkpoint,
     }
+    for name, checkpoint in given.items():
+        if checkpoint is not None and name not in config.optimizers:
+            log(
+                f"warning: --{name}-checkpoint {checkpoint} is not used, because "
+                f"{name} is not among --optimizers"
+            )
     sources = {}
     for name in [name for name in LEARNED if name in config.optimizers]:
         if given[name] is not None:
