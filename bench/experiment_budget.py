@@ -198,7 +198,7 @@ def project(config, costs):
     )
     horizon = config.horizon_factor * 100
     horizon_evals = len(horizon_eval_steps(horizon, config.eval_every, 100))
-    phases["horizon"] = config.study_seeds * sum(
+    phases["horizon"] = config.horizon_seeds * sum(
         horizon * costs[name] + horizon_evals * costs["eval"]
         for name in ("adam", *LEARNED)
     )
