@@ -34,11 +34,12 @@ def command_line(argv=None) -> str:
     return " ".join(shlex.quote(arg) for arg in argv)
 
 
-# XORed into a run's seed for Hutchinson's probes, so that their generator does
+# XORed into a run's seed for the curvature pass's generator, so that it does
 # not replay the random numbers of the minibatch generator of the same seed.
 PROBE_SEED_MASK = 0x5EED
 
 
 def probe_generator(seed: int, device) -> torch.Generator:
-    """Return the generator of Hutchinson's random probes for a run of ``seed``."""
+    """Return the generator of a run's curvature-pass draws (Hutchinson's probes,
+    dropout masks) for a run of ``seed``."""
     return torch.Generator(device=device).manual_seed(seed ^ PROBE_SEED_MASK)

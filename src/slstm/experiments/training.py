@@ -121,8 +121,9 @@ def train_run(
         lr_multiplier=lr_multiplier,
     )
     eval_steps = set(eval_steps)
-    # Hutchinson's probes come from a generator of the run's own seed, so a
-    # run gives the same numbers whatever ran before it in the process.
+    # The curvature pass draws Hutchinson's probes and dropout masks from a
+    # generator of the run's own seed, so a run gives the same numbers whatever
+    # ran before it in the process.
     probes = probe_generator(seed, device)
     started = time.perf_counter()
     if 0 in eval_steps and not _evaluate_into(record, model, eval_sets, 0, device):
@@ -177,7 +178,7 @@ def _update(model, optimizer, inputs, targets, curvature_method, probes=None):
             inputs,
             targets,
             method=curvature_method,
-            generator=probes if curvature_method == "hutchinson" else None,
+            generator=probes,
         )
         value = float(loss)
         if not math.isfinite(value):

@@ -318,10 +318,9 @@ def _run_plain(args, report) -> int:
     batches = batch_iterator(
         data.train, args.batch_size, generator=generator, device=device
     )
-    # Hutchinson's probes from the run's seed, so that a run repeats exactly.
-    probes = None
-    if method == "hutchinson":
-        probes = probe_generator(args.seed, device)
+    # The curvature pass's random draws come from the run's seed, so that a
+    # run repeats exactly.
+    probes = probe_generator(args.seed, device)
     started = time.perf_counter()
     test_loss, test_error = evaluate_model(model, data.test, device)
     report(0, math.nan, test_loss, test_error, 0, 0.0)
