@@ -297,7 +297,7 @@ def _saved_run(tmp_path, config, seeds):
     return paths
 
 
-def test_average_is_the_mean_of_the_weights(tmp_path):
+def test_average_is_weight_mean(tmp_path):
     config = LearnedOptimizerConfig.preset("slstm", hidden_size=4)
     paths = _saved_run(tmp_path, config, seeds=(0, 1, 2))
     average = slstm.optim.average_checkpoints(paths)
@@ -326,7 +326,7 @@ def test_average_rejects_other_configurations(tmp_path):
         slstm.optim.average_checkpoints(first)
 
 
-def test_average_command_writes_a_loadable_file(tmp_path, capsys, monkeypatch):
+def test_average_command_writes_file(tmp_path, capsys, monkeypatch):
     from slstm.cli import main
 
     config = LearnedOptimizerConfig.preset("lstm", hidden_size=4)
