@@ -1,7 +1,9 @@
 """Small helpers shared by the subpackages."""
 
+import os
 import shlex
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -43,3 +45,49 @@ def probe_generator(seed: int, device) -> torch.Generator:
     """Return the generator of a run's curvature-pass draws (Hutchinson's probes,
     dropout masks) for a run of ``seed``."""
     return torch.Generator(device=device).manual_seed(seed ^ PROBE_SEED_MASK)
+
+
+def check_output_path(out) -> Path:
+    """Reject an output path that cannot take a file, before any scale is scored.
+
+    The check creates the missing folders and a scratch file in the last one,
+    then removes all of them, so that a rejected or failed run leaves nothing
+    behind.
+    """
+    if str(out) == "":
+        raise ValueError("--out is empty; pass a file path such as calibrated.pt")
+    out = Path(out)
+    if out.exists() and not out.is_file():
+        raise ValueError(
+            f"--out {str(out)!r} exists and is not a regular file; pass a file path"
+        )
+    missing = []  # deepest first, the order to remove them in
+    parent = out.parent
+    while not parent.exists():
+        missing.append(parent)
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(
+            f"--out {str(out)!r} cannot be written: {str(parent)!r} is not a "
+            "folder; pass a path in a writable folder"
+        )
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        # os.access cannot tell: for root it reports every folder, even /proc,
+        # as writable.
+        handle, scratch = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
+        os.close(handle)
+        os.remove(scratch)
+    except OSError as error:
+        raise ValueError(
+            f"--out {str(out)!r} cannot be written: creating a file in "
+            f"{str(out.parent)!r} failed ({error.strerror or error}); pass a path "
+            "in a writable folder"
+        ) from None
+    finally:
+        for folder in missing:
+            try:
+                folder.rmdir()
+            except OSError:  # never created, or not empty
+                pass
+    return out

@@ -313,15 +313,15 @@ def test_unwritable_out_is_rejected_before_loading(tmp_path):
 
 
 def test_out_check_leaves_no_folders(tmp_path):
-    from slstm.meta.calibrate import _check_out
+    from slstm.utils import check_output_path
 
     out = tmp_path / "new" / "deeper" / "c.pt"
-    assert _check_out(out) == out
+    assert check_output_path(out) == out
     assert list(tmp_path.iterdir()) == []
     blocked = tmp_path / "file"
     blocked.write_text("")
     with pytest.raises(ValueError, match="is not a folder"):
-        _check_out(blocked / "sub" / "c.pt")
+        check_output_path(blocked / "sub" / "c.pt")
 
 
 def test_failed_write_prints_scores_first(trained, tmp_path, capsys, monkeypatch):

@@ -320,10 +320,24 @@ def test_average_rejects_other_configurations(tmp_path):
     first = _saved_run(tmp_path / "a", LearnedOptimizerConfig.preset("slstm"), (0,))
     other = LearnedOptimizerConfig.preset("slstm", curvature_method="hutchinson")
     second = _saved_run(tmp_path / "b", other, (1,))
-    with pytest.raises(CheckpointError, match="average only checkpoints of one"):
+    with pytest.raises(CheckpointError) as error:
         slstm.optim.average_checkpoints([*first, *second])
+    assert "curvature_method: 'hutchinson' vs 'becker-lecun'" in str(error.value)
+    assert "average only checkpoints of one" in str(error.value)
     with pytest.raises(CheckpointError, match="at least two checkpoints, got 1"):
         slstm.optim.average_checkpoints(first)
+    with pytest.raises(CheckpointError, match="given more than once"):
+        slstm.optim.average_checkpoints([first[0], first[0]])
+
+
+def test_average_rejects_checkpoints_of_other_runs(tmp_path):
+    config = LearnedOptimizerConfig.preset("lstm", hidden_size=4)
+    first = _saved_run(tmp_path / "a", config, (0,))
+    nets = trained_looking_nets(config, seed=1)
+    provenance = {"meta_train_config": {"net": "small_cnn"}}
+    other = save_checkpoint(tmp_path / "other.pt", nets, config, provenance)
+    with pytest.raises(CheckpointError, match="meta-training net: 'small_cnn' vs"):
+        slstm.optim.average_checkpoints([*first, other])
 
 
 def test_average_command_writes_file(tmp_path, capsys, monkeypatch):
@@ -338,6 +352,12 @@ def test_average_command_writes_file(tmp_path, capsys, monkeypatch):
     assert main(argv) == 0
     loaded = load_checkpoint(out)
     assert loaded.provenance["command"].startswith("slstm average")
+    assert loaded.provenance["created_by"] == "slstm average"
     assert len(loaded.provenance["weight_average"]["sources"]) == 2
     assert main(["average", str(paths[0]), "--out", str(out)]) == 2
     assert "at least two checkpoints" in capsys.readouterr().err
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    assert main(["average", *map(str, paths), "--out", str(blocked / "m.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "is not a folder; pass a path in a writable folder" in err

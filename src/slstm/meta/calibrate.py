@@ -19,7 +19,6 @@ import argparse
 import copy
 import logging
 import math
-import os
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from slstm.meta.config import MetaTrainConfig, saved_validation_seed
-from slstm.utils import command_line
+from slstm.utils import check_output_path, command_line
 
 logger = logging.getLogger("slstm.meta")
 
@@ -155,7 +154,7 @@ def calibrate_output_scale(
         validation_seed = seed
     scales = _check_scales(scales)
     if out is not None:
-        out = _check_out(out)
+        out = check_output_path(out)
     loaded = load_checkpoint(checkpoint)
     if config is None:
         saved = loaded.provenance.get("meta_train_config")
@@ -396,52 +395,6 @@ def _check_scales(scales) -> list[float]:
     if len(set(scales)) != len(scales):
         raise ValueError(f"output scales must differ, got {scales}")
     return scales
-
-
-def _check_out(out) -> Path:
-    """Reject an output path that cannot take a file, before any scale is scored.
-
-    The check creates the missing folders and a scratch file in the last one,
-    then removes all of them, so that a rejected or failed run leaves nothing
-    behind.
-    """
-    if str(out) == "":
-        raise ValueError("--out is empty; pass a file path such as calibrated.pt")
-    out = Path(out)
-    if out.exists() and not out.is_file():
-        raise ValueError(
-            f"--out {str(out)!r} exists and is not a regular file; pass a file path"
-        )
-    missing = []  # deepest first, the order to remove them in
-    parent = out.parent
-    while not parent.exists():
-        missing.append(parent)
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ValueError(
-            f"--out {str(out)!r} cannot be written: {str(parent)!r} is not a "
-            "folder; pass a path in a writable folder"
-        )
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        # os.access cannot tell: for root it reports every folder, even /proc,
-        # as writable.
-        handle, scratch = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
-        os.close(handle)
-        os.remove(scratch)
-    except OSError as error:
-        raise ValueError(
-            f"--out {str(out)!r} cannot be written: creating a file in "
-            f"{str(out.parent)!r} failed ({error.strerror or error}); pass a path "
-            "in a writable folder"
-        ) from None
-    finally:
-        for folder in missing:
-            try:
-                folder.rmdir()
-            except OSError:  # never created, or not empty
-                pass
-    return out
 
 
 # ---------------------------------------------------------------- command line

@@ -21,8 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Write the average; a user error prints one line and returns 2."""
     from slstm.optim import average_checkpoints, save_checkpoint
+    from slstm.utils import check_output_path
 
     try:
+        check_output_path(args.out)
         average = average_checkpoints(args.checkpoints)
         # save_checkpoint records this command as the file's "command".
         path = save_checkpoint(

@@ -370,7 +370,6 @@ def load(name_or_path, params_or_model, *, map_location=None, **kwargs):
 
 # Provenance entries that describe a whole meta-training run, kept by an average.
 AVERAGE_KEEPS = (
-    "created_by",
     "dataset",
     "meta_train_config",
     "init",
@@ -402,13 +401,20 @@ def average_checkpoints(names_or_paths) -> Checkpoint:
             "the files to average, e.g. a run's validated/episode-*.pt"
         )
     loaded = [load_checkpoint(source, map_location="cpu") for source in sources]
+    paths = [checkpoint.path.resolve() for checkpoint in loaded]
+    repeated = sorted({str(path) for path in paths if paths.count(path) > 1})
+    if repeated:
+        raise CheckpointError(
+            f"{repeated[0]!r} is given more than once; pass each checkpoint once"
+        )
     first = loaded[0]
     for checkpoint in loaded[1:]:
-        if checkpoint.config != first.config:
+        differences = _run_differences(first, checkpoint)
+        if differences:
             raise CheckpointError(
-                f"{str(checkpoint.path)!r} has configuration {checkpoint.config}, "
-                f"but {str(first.path)!r} has {first.config}; average only "
-                "checkpoints of one meta-training run"
+                f"{str(checkpoint.path)!r} and {str(first.path)!r} differ in "
+                f"{'; '.join(differences)}; average only checkpoints of one "
+                "meta-training run"
             )
     nets = create_update_nets(first.config)
     for kind in first.config.kinds:
@@ -423,6 +429,7 @@ def average_checkpoints(names_or_paths) -> Checkpoint:
     # run-wide entries carry over.
     last = loaded[-1].provenance
     provenance = {key: last[key] for key in AVERAGE_KEEPS if key in last}
+    provenance["created_by"] = "slstm average"
     provenance["weight_average"] = {
         "sources": [
             {
@@ -437,3 +444,25 @@ def average_checkpoints(names_or_paths) -> Checkpoint:
         "source_command": last.get("command"),
     }
     return Checkpoint(nets=nets, config=first.config, provenance=provenance)
+
+
+# Meta-training options that make two checkpoints belong to different runs
+# (the output folder may differ for one run that was moved).
+_RUN_OPTIONS = ("optimizer", "data", "classes", "net", "net_sizes", "batch_size")
+
+
+def _run_differences(first: Checkpoint, other: Checkpoint) -> list[str]:
+    """Return ``"name: value vs value"`` for each setting the two runs differ in."""
+    differences = [
+        f"{name}: {getattr(other.config, name)!r} vs {getattr(first.config, name)!r}"
+        for name in LearnedOptimizerConfig.__dataclass_fields__
+        if getattr(other.config, name) != getattr(first.config, name)
+    ]
+    runs = [c.provenance.get("meta_train_config") for c in (first, other)]
+    if all(isinstance(run, dict) for run in runs):
+        differences += [
+            f"meta-training {name}: {runs[1].get(name)!r} vs {runs[0].get(name)!r}"
+            for name in _RUN_OPTIONS
+            if runs[1].get(name) != runs[0].get(name)
+        ]
+    return differences

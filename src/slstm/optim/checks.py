@@ -9,7 +9,8 @@ class NonFiniteInputError(ValueError):
 
 MISSING_HESSIAN_HINT = (
     "compute the loss with slstm.curvature.backward(model, loss_fn, inputs, "
-    "targets), which sets p.grad and p.hessian_diag, instead of loss.backward()"
+    "targets, method=optimizer.curvature_method for a learned optimizer), which "
+    "sets p.grad and p.hessian_diag, instead of loss.backward()"
 )
 
 
