@@ -138,3 +138,25 @@ def test_several_seeds_summary_shows_spread(record):
     text = render_summary(record)
     assert "±" in text.split("## Results")[1]
     assert "sample standard deviation over 3 seeds (0, 1, 2)" in text
+
+
+def test_summary_shortens_nested_provenance(record):
+    record.checkpoints["slstm"]["provenance"].update(
+        {
+            "meta_train_config": {"net": "mnist_cnn", "meta_lr": 3e-4},
+            "validation_by_horizon": {"100": {"loss": 0.8, "error": 0.3}},
+            "output_scale_calibration": {
+                "chosen_output_scale": 0.1,
+                "validation_tasks": 5,
+                "trials": [{"output_scale": 0.075}, {"output_scale": 0.1}],
+            },
+            "weight_average": {"sources": [{"episode": 10}, {"episode": 20}]},
+        }
+    )
+    text = render_summary(record)
+    assert "  - meta_train_config: recorded in results.json" in text
+    assert "meta_lr" not in text
+    assert "  - validation_by_horizon: 100 steps: loss 0.8" in text
+    assert "output scale 0.1 chosen from [0.075, 0.1] on 5 validation" in text
+    assert "  - weight_average: mean of 2 checkpoints, episodes [10, 20]" in text
+    assert "  - episodes: 3" in text

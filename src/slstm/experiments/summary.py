@@ -371,8 +371,37 @@ def _checkpoint_lines(record):
         if info.get("trained_on"):
             lines.append(f"  - meta-trained on: {_format_value(info['trained_on'])}")
         for key, value in sorted(info.get("provenance", {}).items()):
-            lines.append(f"  - {key}: {_format_value(value)}")
+            lines.append(f"  - {key}: {_format_provenance(key, value)}")
+    lines.append(
+        "- every record in full: `checkpoints` in results.json (its `provenance`)"
+    )
     return lines
+
+
+def _format_provenance(key, value):
+    """Return one short line for a provenance entry; nested records are summed up
+    here and kept whole in results.json."""
+    if key == "validation_by_horizon" and isinstance(value, dict):
+        return ", ".join(
+            f"{steps} steps: loss {_format_value(score.get('loss'))}"
+            for steps, score in value.items()
+            if isinstance(score, dict)
+        )
+    if key == "output_scale_calibration" and isinstance(value, dict):
+        trials = value.get("trials") or []
+        scales = [t.get("output_scale") for t in trials if isinstance(t, dict)]
+        return (
+            f"output scale {_format_value(value.get('chosen_output_scale'))} chosen "
+            f"from {_format_value(scales)} on {value.get('validation_tasks')} "
+            f"validation networks"
+        )
+    if key == "weight_average" and isinstance(value, dict):
+        sources = value.get("sources") or []
+        episodes = [s.get("episode") for s in sources if isinstance(s, dict)]
+        return f"mean of {len(sources)} checkpoints, episodes {_format_value(episodes)}"
+    if isinstance(value, dict | list):
+        return "recorded in results.json"
+    return _format_value(value)
 
 
 def _timing_lines(record):
