@@ -48,7 +48,7 @@ def probe_generator(seed: int, device) -> torch.Generator:
 
 
 def check_output_path(out) -> Path:
-    """Reject an output path that cannot take a file, before any scale is scored.
+    """Reject an output path that cannot take a file, before the command's work.
 
     The check creates the missing folders and a scratch file in the last one,
     then removes all of them, so that a rejected or failed run leaves nothing

@@ -379,8 +379,10 @@ def _checkpoint_lines(record):
 
 
 def _format_provenance(key, value):
-    """Return one short line for a provenance entry; nested records are summed up
-    here and kept whole in results.json."""
+    """Return one short line for a provenance entry.
+
+    Nested records are summed up here, and results.json keeps them whole.
+    """
     if key == "validation_by_horizon" and isinstance(value, dict):
         return ", ".join(
             f"{steps} steps: loss {_format_value(score.get('loss'))}"

@@ -14,6 +14,7 @@ code from the file:
 Checkpoints shipped in ``slstm/optim/pretrained/<name>.pt`` load by name.
 """
 
+import dataclasses
 import datetime
 import json
 import os
@@ -455,7 +456,7 @@ def _run_differences(first: Checkpoint, other: Checkpoint) -> list[str]:
     """Return ``"name: value vs value"`` for each setting the two runs differ in."""
     differences = [
         f"{name}: {getattr(other.config, name)!r} vs {getattr(first.config, name)!r}"
-        for name in LearnedOptimizerConfig.__dataclass_fields__
+        for name in (field.name for field in dataclasses.fields(first.config))
         if getattr(other.config, name) != getattr(first.config, name)
     ]
     runs = [c.provenance.get("meta_train_config") for c in (first, other)]
