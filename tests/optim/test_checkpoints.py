@@ -361,3 +361,17 @@ def test_average_command_writes_file(tmp_path, capsys, monkeypatch):
     assert main(["average", *map(str, paths), "--out", str(blocked / "m.pt")]) == 2
     err = capsys.readouterr().err
     assert "is not a folder; pass a path in a writable folder" in err
+
+
+def test_average_command_keeps_its_sources(tmp_path, capsys, monkeypatch):
+    from slstm.cli import main
+
+    config = LearnedOptimizerConfig.preset("lstm", hidden_size=4)
+    paths = _saved_run(tmp_path, config, seeds=(0, 1))
+    before = paths[1].read_bytes()
+    monkeypatch.chdir(tmp_path)
+    # The same file under another spelling of its path.
+    assert main(["average", *map(str, paths), "--out", paths[1].name]) == 2
+    err = capsys.readouterr().err
+    assert f"--out '{paths[1].name}' is one of the checkpoints being averaged" in err
+    assert paths[1].read_bytes() == before

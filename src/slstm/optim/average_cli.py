@@ -2,6 +2,7 @@
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +25,7 @@ def run(args: argparse.Namespace) -> int:
     from slstm.utils import check_output_path
 
     try:
+        _check_not_a_source(args.out, args.checkpoints)
         check_output_path(args.out)
         average = average_checkpoints(args.checkpoints)
         # save_checkpoint records this command as the file's "command".
@@ -35,3 +37,18 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(f"wrote the mean of {len(args.checkpoints)} checkpoints to {path}")
     return 0
+
+
+def _check_not_a_source(out: str, checkpoints: list[str]) -> None:
+    """Refuse an ``--out`` that would replace one of the averaged files."""
+    target = Path(out)
+    for source in checkpoints:
+        path = Path(source)
+        same = (
+            target.exists() and path.exists() and target.samefile(path)
+        ) or target.resolve() == path.resolve()
+        if same:
+            raise ValueError(
+                f"--out {out!r} is one of the checkpoints being averaged and "
+                "would be overwritten; pass a new file name"
+            )
