@@ -95,3 +95,27 @@ def test_test_error_legend_covers_no_data(record):
         assert legend.x1 <= fig.bbox.width
     finally:
         plt.close(fig)
+
+
+def test_divergence_marks_at_one_multiplier_do_not_overlap(record):
+    import matplotlib.pyplot as plt
+
+    from slstm.experiments.plots import draw_lr_sensitivity
+
+    for run in record.runs_of("lr-sensitivity", "adam"):
+        if run.lr_multiplier == 10.0:
+            run.diverged_at = 3
+    fig = draw_lr_sensitivity(record)
+    try:
+        (ax,) = fig.axes
+        marks = {
+            line.get_color(): tuple(line.get_ydata())
+            for line in ax.get_lines()
+            if line.get_marker() == "x"
+        }
+        # RMSprop (by the fixture) and Adam diverged at x10: two marks, apart.
+        assert len(marks) == 2
+        heights = [y for ys in marks.values() for y in ys]
+        assert len(set(heights)) == 2
+    finally:
+        plt.close(fig)

@@ -92,9 +92,15 @@ def draw_test_error(record):
 
 def plot_lr_sensitivity(record, path):
     """Plot the final training loss against the learning-rate multiplier."""
+    return _save(draw_lr_sensitivity(record), path)
+
+
+def draw_lr_sensitivity(record):
+    """Return the figure of :func:`plot_lr_sensitivity`, not yet saved."""
     runs = sensitivity_runs(record)
     final_step = record.config["steps"]
     fig, ax = plt.subplots(figsize=(7.8, 4.2))
+    marks = {}  # multiplier -> divergence marks drawn there so far
     for name in _ordered({run.optimizer for run in runs}):
         group = [run for run in runs if run.optimizer == name]
         multipliers = sorted({run.lr_multiplier for run in group})
@@ -119,9 +125,14 @@ def plot_lr_sensitivity(record, path):
             label=_label(name),
         )
         if diverged:
+            # Stack the marks of optimizers that diverged at the same
+            # multiplier, so that none hides another.
+            heights = [0.97 - 0.05 * marks.get(m, 0) for m in diverged]
+            for m in diverged:
+                marks[m] = marks.get(m, 0) + 1
             ax.plot(
                 diverged,
-                [0.97] * len(diverged),
+                heights,
                 "x",
                 color=color,
                 markersize=9,
@@ -134,7 +145,7 @@ def plot_lr_sensitivity(record, path):
     ax.grid(True, which="both", alpha=0.3)
     _legend_outside(ax)
     ax.set_title("learning-rate sensitivity (x: a seed diverged)", fontsize="medium")
-    return _save(fig, path)
+    return fig
 
 
 def plot_horizon(record, path):
