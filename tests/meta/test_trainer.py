@@ -516,6 +516,28 @@ def test_keep_validated_saves_each_validation(tiny_config):
     )
 
 
+def test_snapshot_every_keeps_networks_without_validating(tiny_config):
+    result = meta_train(
+        tiny_config(episodes=4, validate_every=4, snapshot_every=2), progress=False
+    )
+    snapshots = sorted((result.out / "snapshots").glob("*.pt"))
+    assert [path.name for path in snapshots] == [
+        "episode-000002.pt", "episode-000004.pt"
+    ]  # fmt: skip
+    rows = read_metrics(result.out / "metrics.csv")
+    assert [int(r["episode"]) for r in rows if r["kind"] == "validation"] == [4]
+    second, fourth = (load_checkpoint(path).provenance for path in snapshots)
+    assert second["episodes"] == 2
+    # Episode 2 was never scored, so its file carries no validation score.
+    assert second["validation_loss"] is None
+    assert second["validation_by_horizon"] == {}
+    assert fourth["validation_loss"] == result.final_validation_loss
+    # The last snapshot holds the run's final networks.
+    _assert_same_weights(_weights(result.out / "last.pt"), _weights(snapshots[-1]))
+    with pytest.raises(ValueError, match="snapshot_every must be an int >= 0"):
+        tiny_config(snapshot_every=-1)
+
+
 def test_keep_validated_is_off_by_default(tiny_config):
     result = meta_train(tiny_config(episodes=2, validate_every=1), progress=False)
     assert not (result.out / "validated").exists()
@@ -531,6 +553,16 @@ def test_cli_takes_keep_validated(tmp_path):
     resume = ["meta-train", "--out", str(out), "--resume", "--episodes", "3"]
     assert main(resume) == 0
     assert (out / "validated" / "episode-000003.pt").exists()
+
+
+def test_cli_takes_snapshot_every(tmp_path):
+    out = tmp_path / "run"
+    args = [*TINY_ARGS, "--episodes", "2", "--validate-every", "0"]
+    assert main(["meta-train", *args, "--snapshot-every", "1", "--out", str(out)]) == 0
+    assert MetaTrainConfig.load(out / "config.json").snapshot_every == 1
+    assert sorted(path.name for path in (out / "snapshots").glob("*.pt")) == [
+        "episode-000001.pt", "episode-000002.pt"
+    ]  # fmt: skip
 
 
 def test_resume_may_turn_on_keep_validated(tmp_path):

@@ -245,6 +245,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "checkpoints other than best.pt later",
     )
     run.add_argument(
+        "--snapshot-every",
+        type=int,
+        metavar="N",
+        help="also save the update networks every N episodes as "
+        "snapshots/episode-NNNNNN.pt, without validating them, e.g. to average "
+        "them with slstm average (default: 0, never)",
+    )
+    run.add_argument(
         "--checkpoint-every",
         type=int,
         metavar="N",

@@ -73,6 +73,10 @@ class MetaTrainConfig:
             ``validated/episode-NNNNNN.pt``, so that a checkpoint other than
             ``best.pt`` (one fast at one step count, say) can be calibrated or
             compared later.
+        snapshot_every: also save the update networks every this many
+            episodes as ``snapshots/episode-NNNNNN.pt``, without validating
+            them (0: never). Such files cost no validation time, so a run can
+            keep many of them to average (``slstm average``).
         curvature_method: how SLSTM's diagonal Hessian is computed
             (a method of :mod:`slstm.curvature`).
         output_scale, hidden_size, num_layers, preprocess_p: the learned
@@ -117,6 +121,7 @@ class MetaTrainConfig:
     validation_horizon: int | list[int] | None = None
     checkpoint_every: int = 5
     keep_validated: bool = False
+    snapshot_every: int = 0
     curvature_method: str = "becker-lecun"
     output_scale: float = 0.1
     hidden_size: int = 20
@@ -147,7 +152,7 @@ class MetaTrainConfig:
         for name in ("episodes", "horizon", "unroll", "batch_size", "hidden_size"):
             _require_positive_int(name, getattr(self, name))
         _require_positive_int("num_layers", self.num_layers)
-        for name in ("validate_every", "checkpoint_every", "search"):
+        for name in ("validate_every", "checkpoint_every", "snapshot_every", "search"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {value!r}")

@@ -59,6 +59,8 @@ STATE_FILE = Path("state") / "latest.pt"
 
 # The folder in which --keep-validated saves each validation's update networks.
 VALIDATED_DIR = "validated"
+# The folder in which --snapshot-every saves the update networks.
+SNAPSHOT_DIR = "snapshots"
 
 # Options that may change between a run and its --resume without changing
 # what the remaining episodes compute.
@@ -72,6 +74,7 @@ RESUMABLE_CHANGES = frozenset(
         "validate_every",
         "checkpoint_every",
         "keep_validated",
+        "snapshot_every",
         "search",
         "search_low",
         "search_high",
@@ -496,6 +499,8 @@ class MetaTrainer:
                 self._record_episode(summary, bar)
                 if config.validate_every and (episode + 1) % config.validate_every == 0:
                     self._run_validation(bar)
+                if config.snapshot_every and (episode + 1) % config.snapshot_every == 0:
+                    self._keep_networks()
                 boundary = self._snapshot()
                 if (
                     config.checkpoint_every
@@ -819,10 +824,24 @@ class MetaTrainer:
         atomic_torch_save(self.state_dict(rng_states), self.out / STATE_FILE)
         self._save_optimizer(self.out / "last.pt")
 
-    def _save_optimizer(self, path: Path) -> None:
+    def _keep_networks(self) -> None:
+        if not self.context.is_main:
+            return
+        provenance = self.provenance()
+        if self.validated_episode != self.counters.episode:
+            # The last validation scored other networks; its numbers would
+            # misdescribe these.
+            provenance["validation_loss"] = None
+            provenance["validation_by_horizon"] = {}
+        path = self.out / SNAPSHOT_DIR / f"episode-{self.counters.episode:06d}.pt"
+        path.parent.mkdir(exist_ok=True)
+        self._save_optimizer(path, provenance)
+
+    def _save_optimizer(self, path: Path, provenance: dict | None = None) -> None:
         from slstm.optim import save_checkpoint
 
-        provenance = self.provenance()
+        if provenance is None:
+            provenance = self.provenance()
         atomic_write(
             path,
             lambda tmp: save_checkpoint(
