@@ -47,47 +47,70 @@ def probe_generator(seed: int, device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed ^ PROBE_SEED_MASK)
 
 
-def check_output_path(out) -> Path:
+def check_output_path(out, example: str = "calibrated.pt") -> Path:
     """Reject an output path that cannot take a file, before the command's work.
 
     The check creates the missing folders and a scratch file in the last one,
     then removes all of them, so that a rejected or failed run leaves nothing
-    behind.
+    behind. ``example`` is the file name the empty-path error suggests.
     """
     if str(out) == "":
-        raise ValueError("--out is empty; pass a file path such as calibrated.pt")
+        raise ValueError(f"--out is empty; pass a file path such as {example}")
     out = Path(out)
     if out.exists() and not out.is_file():
         raise ValueError(
             f"--out {str(out)!r} exists and is not a regular file; pass a file path"
         )
+    _check_writable_folder(out.parent, f"--out {str(out)!r}")
+    return out
+
+
+def check_output_dir(out, option: str = "--out") -> Path:
+    """Reject an output folder that cannot be created or written, before work.
+
+    Like :func:`check_output_path`, for a folder that the command fills with
+    several files. An existing regular file is refused, and the folders the
+    check creates are removed again.
+    """
+    if str(out) == "":
+        raise ValueError(f"{option} is empty; pass a folder path such as runs/mine")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(
+            f"{option} {str(out)!r} is a file, not a folder; pass a folder path "
+            "(it is created if missing)"
+        )
+    _check_writable_folder(out, f"{option} {str(out)!r}")
+    return out
+
+
+def _check_writable_folder(folder: Path, what: str) -> None:
+    """Raise ValueError unless a file can be created in ``folder``."""
     missing = []  # deepest first, the order to remove them in
-    parent = out.parent
+    parent = folder
     while not parent.exists():
         missing.append(parent)
         parent = parent.parent
     if not parent.is_dir():
         raise ValueError(
-            f"--out {str(out)!r} cannot be written: {str(parent)!r} is not a "
-            "folder; pass a path in a writable folder"
+            f"{what} cannot be written: {str(parent)!r} is not a folder; pass a "
+            "path in a writable folder"
         )
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
         # os.access cannot tell: for root it reports every folder, even /proc,
         # as writable.
-        handle, scratch = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
+        handle, scratch = tempfile.mkstemp(dir=folder, suffix=".tmp")
         os.close(handle)
         os.remove(scratch)
     except OSError as error:
         raise ValueError(
-            f"--out {str(out)!r} cannot be written: creating a file in "
-            f"{str(out.parent)!r} failed ({error.strerror or error}); pass a path "
-            "in a writable folder"
+            f"{what} cannot be written: creating a file in {str(folder)!r} "
+            f"failed ({error.strerror or error}); pass a path in a writable folder"
         ) from None
     finally:
-        for folder in missing:
+        for created in missing:
             try:
-                folder.rmdir()
+                created.rmdir()
             except OSError:  # never created, or not empty
                 pass
-    return out

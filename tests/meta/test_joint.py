@@ -1,5 +1,7 @@
 """`slstm train`: plain training with a registered optimizer, and the joint mode."""
 
+import json
+
 import torch
 
 from slstm.cli import main
@@ -61,3 +63,29 @@ def test_plain_training_with_learned_checkpoint(tmp_path, capsys):
                  str(out / "optimizer.pt"), "--steps", "5"])  # fmt: skip
     assert code == 0
     assert "step      5" in capsys.readouterr().out
+
+
+def test_joint_mode_keeps_the_checkpoint_curvature_method(tmp_path, capsys):
+    first = tmp_path / "first"
+    assert main(["train", *TINY, "--optimizer", "slstm", "--joint", "--steps", "5",
+                 "--unroll", "5", "--curvature-method", "hutchinson",
+                 "--out", str(first)]) == 0  # fmt: skip
+    second = tmp_path / "second"
+    assert main(["train", *TINY, "--optimizer", "slstm", "--joint", "--steps", "5",
+                 "--unroll", "5", "--checkpoint", str(first / "optimizer.pt"),
+                 "--out", str(second)]) == 0  # fmt: skip
+    saved = load_checkpoint(second / "optimizer.pt")
+    # The networks are labelled with the method they were trained on.
+    assert saved.config.curvature_method == "hutchinson"
+    assert saved.provenance["meta_train_config"]["curvature_method"] == "hutchinson"
+    assert json.loads((second / "config.json").read_text())["curvature_method"] == (
+        "hutchinson"
+    )
+    capsys.readouterr()
+    refused = tmp_path / "refused"
+    code = main(["train", *TINY, "--optimizer", "slstm", "--joint", "--steps", "5",
+                 "--checkpoint", str(first / "optimizer.pt"), "--curvature-method",
+                 "becker-lecun", "--out", str(refused)])  # fmt: skip
+    assert code == 2
+    assert "differs from hutchinson" in capsys.readouterr().err
+    assert not refused.exists()

@@ -29,6 +29,20 @@ def _one_line_error(capsys, argv, command="train"):
         (["--optimizer", "adam", "--checkpoint", "x.pt"], "learned optimizers"),
         (["--optimizer", "adam", "--joint"], "--optimizer lstm or slstm"),
         (["--steps", "0"], "--steps must be positive"),
+        (["--curvature-method", "nosuch"], "'nosuch' is not a method; use one of"),
+        (
+            ["--optimizer", "adam", "--curvature-method", "hutchinson"],
+            "--optimizer adam reads no diagonal Hessian",
+        ),
+        (
+            ["--optimizer", "lstm", "--joint", "--curvature-method", "hutchinson"],
+            "--optimizer lstm reads no diagonal Hessian",
+        ),
+        (
+            ["--optimizer", "slstm-hutchinson", "--joint"],
+            "pass --optimizer slstm --checkpoint slstm-hutchinson-fashion-mnist",
+        ),
+        (["--out", ""], "--out is empty; pass a folder path"),
     ],
 )
 def test_user_errors_print_one_line(capsys, options, message):
@@ -136,3 +150,22 @@ def test_train_records_the_method_that_ran(checkpoint, tmp_path):
     assert _train(checkpoint, "--out", str(out)) == 0
     settings = json.loads((out / "config.json").read_text())
     assert settings["curvature_method"] == "becker-lecun"
+
+
+def test_out_must_be_a_folder(capsys, tmp_path):
+    taken = tmp_path / "a-file"
+    taken.write_text("x")
+    base = ["train", "--data", "digits", "--steps", "1"]
+    line = _one_line_error(capsys, [*base, "--out", str(taken)])
+    assert "is a file, not a folder" in line
+    line = _one_line_error(capsys, [*base, "--out", str(taken / "sub")])
+    assert "is not a folder; pass a path in a writable folder" in line
+
+
+def test_refused_run_writes_nothing(capsys, tmp_path):
+    out = tmp_path / "run"
+    _one_line_error(
+        capsys, ["train", "--data", "digits", "--optimizer", "adam", "--joint",
+                 "--out", str(out)]
+    )  # fmt: skip
+    assert not out.exists()

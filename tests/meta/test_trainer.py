@@ -213,6 +213,23 @@ def test_config_rejects_bad_values():
         MetaTrainConfig(unroll=3, loss_weights="1,2")
     with pytest.raises(ValueError, match="unroll must be a positive int"):
         MetaTrainConfig(unroll=0)
+    with pytest.raises(ValueError, match="no effect on the lstm optimizer"):
+        MetaTrainConfig(optimizer="lstm", curvature_method="hutchinson")
+
+
+def test_cli_rejects_an_out_that_is_no_folder(tmp_path, capsys):
+    taken = tmp_path / "a-file"
+    taken.write_text("x")
+    for out, message in [
+        (taken, "is a file, not a folder"),
+        (taken / "sub", "is not a folder; pass a path in a writable folder"),
+        ("", "--out is empty; pass a folder path"),
+    ]:
+        code = main(["meta-train", *TINY_ARGS, "--episodes", "1", "--out", str(out)])
+        err = capsys.readouterr().err
+        assert code == 2
+        assert message in err
+        assert "Traceback" not in err
 
 
 def test_config_json_round_trip():

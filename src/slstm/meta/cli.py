@@ -407,12 +407,16 @@ def init_options(checkpoint: str) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from slstm.meta.trainer import meta_train
+    from slstm.utils import check_output_dir
 
     logging.basicConfig(
         level=logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
     try:
         config = config_from_args(args)
+        if not args.resume and int(os.environ.get("RANK", "0")) == 0:
+            # Before the data loads; rank 0 alone writes the folder.
+            check_output_dir(config.out)
     except (ValueError, FileNotFoundError) as error:
         print(f"slstm meta-train: {error}", file=sys.stderr)
         return 2

@@ -194,6 +194,14 @@ class MetaTrainConfig:
                 f"curvature_method must be one of {CURVATURE_METHODS}, got "
                 f"{self.curvature_method!r}"
             )
+        if self.optimizer == "lstm" and self.curvature_method != "becker-lecun":
+            # The LSTM optimizer never reads h; a recorded method would only
+            # stop its checkpoints from matching other LSTM runs.
+            raise ValueError(
+                f"curvature_method {self.curvature_method!r} has no effect on the "
+                "lstm optimizer, which reads no diagonal Hessian; drop "
+                "--curvature-method (or use optimizer slstm)"
+            )
         if not self.divergence_factor > 1:
             raise ValueError(
                 f"divergence_factor must be above 1, got {self.divergence_factor!r}"

@@ -25,6 +25,7 @@ from torch import nn
 
 from slstm.meta.config import MetaTrainConfig, parse_net_sizes
 from slstm.meta.io import atomic_write_text
+from slstm.utils import check_output_dir
 
 logger = logging.getLogger("slstm.meta")
 
@@ -182,7 +183,8 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
     if args.lr is not None and not (args.lr > 0 and math.isfinite(args.lr)):
         raise ValueError(f"--lr must be a positive number, got {args.lr}")
-    out = Path(args.out) if args.out else None
+    _check_options(args)
+    out = None if args.out is None else check_output_dir(args.out)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         settings = {k: v for k, v in vars(args).items() if not k.startswith("_")}
@@ -212,12 +214,6 @@ def _run(args: argparse.Namespace) -> int:
 def _run_joint(args, out, report) -> int:
     from slstm.meta.joint import save_joint_optimizer, train_jointly
 
-    if args.optimizer not in ("lstm", "slstm"):
-        raise ValueError(
-            f"--joint meta-learns a learned optimizer, but --optimizer "
-            f"is {args.optimizer}; use --optimizer lstm or slstm (for "
-            "Hutchinson's h, --optimizer slstm --curvature-method hutchinson)"
-        )
     config = MetaTrainConfig(
         optimizer=args.optimizer,
         data=args.data,
@@ -233,12 +229,13 @@ def _run_joint(args, out, report) -> int:
         meta_lr=args.meta_lr,
         clip_norm=args.clip_norm,
         meta_loss=args.meta_loss,
-        curvature_method=args.curvature_method or "becker-lecun",
+        curvature_method=_joint_curvature_method(args),
         output_scale=args.output_scale,
         device=args.device,
         validate_every=0,
         out=str(out) if out else "unused",
     )
+    _record_method(args.out, config.curvature_method)
     trainer, records, diverged = train_jointly(
         config,
         steps=args.steps,
@@ -252,6 +249,72 @@ def _run_joint(args, out, report) -> int:
         path = save_joint_optimizer(trainer, out / "optimizer.pt", records[-1].step)
         print(f"update networks after joint training: {path}")
     return 1 if diverged else 0
+
+
+def _record_method(out, method: str) -> None:
+    """Write the curvature method that runs into config.json, in place of the
+    option's None default."""
+    if out is None:
+        return
+    path = Path(out) / "config.json"
+    settings = json.loads(path.read_text(encoding="utf-8"))
+    settings["curvature_method"] = method
+    atomic_write_text(json.dumps(settings, indent=2) + "\n", path)
+
+
+def _check_options(args) -> None:
+    """Reject options that do not fit together, before any file is written."""
+    from slstm.curvature import METHODS
+    from slstm.optim import OPTIMIZERS
+
+    method = args.curvature_method
+    if method is not None and method not in METHODS:
+        raise ValueError(
+            f"--curvature-method {method!r} is not a method; use one of "
+            f"{', '.join(METHODS)}"
+        )
+    if args.joint:
+        if args.optimizer not in ("lstm", "slstm"):
+            hint = (
+                "; to go on from the Hutchinson variant, pass --optimizer slstm "
+                "--checkpoint slstm-hutchinson-fashion-mnist"
+                if args.optimizer == "slstm-hutchinson"
+                else ""
+            )
+            raise ValueError(
+                "--joint meta-learns update networks of --optimizer lstm or "
+                f"slstm, got {args.optimizer}{hint}"
+            )
+        reads_curvature = args.optimizer == "slstm"
+    else:
+        reads_curvature = OPTIMIZERS[args.optimizer].needs_curvature
+    if method is not None and not reads_curvature:
+        raise ValueError(
+            f"--optimizer {args.optimizer} reads no diagonal Hessian, so "
+            f"--curvature-method {method} would have no effect; drop it"
+        )
+    if args.joint:
+        _joint_curvature_method(args)
+
+
+def _joint_curvature_method(args) -> str:
+    """Return the method a --joint run computes h with: the checkpoint's unless
+    --curvature-method names it, and an error when the two differ."""
+    from slstm.optim import load_checkpoint
+
+    trained = None
+    if args.checkpoint is not None:
+        trained = load_checkpoint(args.checkpoint).config.curvature_method
+    method = args.curvature_method
+    if method is None:
+        return trained or "becker-lecun"
+    if trained is not None and args.optimizer == "slstm" and method != trained:
+        raise ValueError(
+            f"--curvature-method {method} differs from {trained}, the method "
+            f"that the checkpoint {args.checkpoint} was meta-trained on; drop "
+            "--curvature-method"
+        )
+    return method
 
 
 def _run_plain(args, report) -> int:
@@ -306,12 +369,7 @@ def _run_plain(args, report) -> int:
             f"method that the {args.optimizer} checkpoint was meta-trained on; "
             "drop --curvature-method"
         )
-    if args.out:
-        # Record the method that runs, not the option's None default.
-        path = Path(args.out) / "config.json"
-        settings = json.loads(path.read_text(encoding="utf-8"))
-        settings["curvature_method"] = method
-        atomic_write_text(json.dumps(settings, indent=2) + "\n", path)
+    _record_method(args.out, method)
 
     loss_fn = nn.CrossEntropyLoss()
     generator = torch.Generator(device=data.train.device).manual_seed(args.seed)

@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         _check_not_a_source(args.out, args.checkpoints)
-        check_output_path(args.out)
+        check_output_path(args.out, example="average.pt")
         average = average_checkpoints(args.checkpoints)
         # save_checkpoint records this command as the file's "command".
         path = save_checkpoint(
