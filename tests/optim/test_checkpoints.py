@@ -340,6 +340,29 @@ def test_average_rejects_checkpoints_of_other_runs(tmp_path):
         slstm.optim.average_checkpoints([*first, other])
 
 
+def test_average_rejects_runs_of_another_seed_and_averages(tmp_path):
+    config = LearnedOptimizerConfig.preset("lstm", hidden_size=4)
+    first = _saved_run(tmp_path / "a", config, (0, 1))
+    nets = trained_looking_nets(config, seed=2)
+    run = {"net": "mnist_cnn", "seed": 1, "episodes": 99, "out": "elsewhere"}
+    other = save_checkpoint(tmp_path / "seed1.pt", nets, config,
+                            {"meta_train_config": run})  # fmt: skip
+    reseeded = {"net": "mnist_cnn", "seed": 0, "episodes": 99, "out": "elsewhere"}
+    resumed = save_checkpoint(tmp_path / "resumed.pt", nets, config,
+                              {"meta_train_config": reseeded})  # fmt: skip
+    # The first files record no seed, so only files that both record it compare.
+    slstm.optim.average_checkpoints([resumed, *first])
+    with pytest.raises(CheckpointError, match="meta-training seed: 1 vs 0"):
+        slstm.optim.average_checkpoints([resumed, other])
+    average = slstm.optim.average_checkpoints(first)
+    mean = save_checkpoint(tmp_path / "mean.pt", average.nets, average.config,
+                           average.provenance)  # fmt: skip
+    with pytest.raises(CheckpointError, match="is itself an average"):
+        slstm.optim.average_checkpoints([*first, mean])
+    with pytest.raises(CheckpointError, match="takes a list of checkpoints"):
+        slstm.optim.average_checkpoints(str(first[0]))
+
+
 def test_average_command_writes_file(tmp_path, capsys, monkeypatch):
     from slstm.cli import main
 

@@ -395,6 +395,11 @@ def average_checkpoints(names_or_paths) -> Checkpoint:
         CheckpointError: fewer than two checkpoints, or configurations that
             differ (the message names the first file that differs).
     """
+    if isinstance(names_or_paths, str | os.PathLike):
+        raise CheckpointError(
+            f"average_checkpoints takes a list of checkpoints, got the single "
+            f"path {str(names_or_paths)!r}; pass e.g. [first, second]"
+        )
     sources = list(names_or_paths)
     if len(sources) < 2:
         raise CheckpointError(
@@ -408,6 +413,13 @@ def average_checkpoints(names_or_paths) -> Checkpoint:
         raise CheckpointError(
             f"{repeated[0]!r} is given more than once; pass each checkpoint once"
         )
+    for checkpoint in loaded:
+        if "weight_average" in (checkpoint.provenance or {}):
+            raise CheckpointError(
+                f"{str(checkpoint.path)!r} is itself an average (slstm average), "
+                "so its sources would count twice; pass the files it averaged "
+                "instead"
+            )
     first = loaded[0]
     for checkpoint in loaded[1:]:
         differences = _run_differences(first, checkpoint)
@@ -447,9 +459,29 @@ def average_checkpoints(names_or_paths) -> Checkpoint:
     return Checkpoint(nets=nets, config=first.config, provenance=provenance)
 
 
-# Meta-training options that make two checkpoints belong to different runs
-# (the output folder may differ for one run that was moved).
-_RUN_OPTIONS = ("optimizer", "data", "classes", "net", "net_sizes", "batch_size")
+# Meta-training options that may differ between the files of one run: a
+# --resume may change them without changing what the episodes compute, and
+# the output folder may differ for a run that was moved. Any other option
+# that differs makes two checkpoints belong to different runs.
+_SAME_RUN_MAY_DIFFER = frozenset(
+    {
+        "episodes",
+        "out",
+        "data_dir",
+        "device",
+        "num_threads",
+        "validate_every",
+        "checkpoint_every",
+        "keep_validated",
+        "snapshot_every",
+        "recompute_updates",
+        "search",
+        "search_low",
+        "search_high",
+        "search_episodes",
+        "search_storage",
+    }
+)
 
 
 def _run_differences(first: Checkpoint, other: Checkpoint) -> list[str]:
@@ -463,7 +495,7 @@ def _run_differences(first: Checkpoint, other: Checkpoint) -> list[str]:
     if all(isinstance(run, dict) for run in runs):
         differences += [
             f"meta-training {name}: {runs[1].get(name)!r} vs {runs[0].get(name)!r}"
-            for name in _RUN_OPTIONS
-            if runs[1].get(name) != runs[0].get(name)
+            for name in sorted(runs[0].keys() & runs[1].keys())
+            if name not in _SAME_RUN_MAY_DIFFER and runs[1][name] != runs[0][name]
         ]
     return differences
