@@ -143,8 +143,12 @@ def test_classes_absent_from_train(tmp_path, idx_arrays, write_idx_set):
     # Train labels cover only classes 0..4, so classes 5 and 6 have no examples.
     idx_arrays["train-labels"] %= 5
     write_idx_set(tmp_path / "idx", idx_arrays)
-    with pytest.raises(ValueError, match="no training examples of the chosen classes"):
+    with pytest.raises(ValueError, match=r"no training examples of class 5 \('5'\), 6"):
         load_dataset("mnist", tmp_path / "idx", classes=[5, 6])
+    # All ten classes by default: the five empty ones are named, not trained on.
+    with pytest.raises(ValueError, match=r"class 5 \('5'\), 6 \('6'\), 7"):
+        load_dataset("mnist", tmp_path / "idx")
+    assert load_dataset("mnist", tmp_path / "idx", classes=5).num_classes == 5
 
 
 def test_classes_by_name_match_ids():

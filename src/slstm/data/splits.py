@@ -278,10 +278,16 @@ def finish_in_memory(
     chosen = resolve_classes(classes, raw.class_names)
     train_idx, train_labels = select_classes(raw.train_labels, chosen)
     test_idx, test_labels = select_classes(raw.test_labels, chosen)
-    if len(train_idx) == 0:
+    present = set(np.unique(np.asarray(train_labels)).tolist())
+    empty = [chosen[label] for label in range(len(chosen)) if label not in present]
+    if empty:
+        # A class without examples would still count as an output, silently
+        # changing the task (and breaking per-task class subsets).
+        named = ", ".join(f"{c} ({raw.class_names[c]!r})" for c in empty)
         raise ValueError(
-            f"{name} has no training examples of the chosen classes {chosen}; "
-            "choose other classes"
+            f"{name} has no training examples of class {named}, out of the "
+            f"chosen classes {list(chosen)}; pick classes that have examples "
+            "with --classes (e.g. --classes 0,1,2), or add examples of those"
         )
     count = validation_size(validation, len(train_idx))
     keep, held_out = split_validation(len(train_idx), count, seed)

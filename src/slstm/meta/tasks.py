@@ -158,9 +158,8 @@ def _class_subset(split, classes: tuple[int, ...]):
     wanted = torch.tensor(classes, device=split.targets.device)
     mask = (split.targets.unsqueeze(1) == wanted).any(dim=1)
     # Relabel: class classes[i] becomes label i.
-    lookup = torch.full(
-        (int(split.targets.max()) + 1,), -1, dtype=torch.long, device=wanted.device
-    )
+    size = max(int(split.targets.max()), max(classes)) + 1
+    lookup = torch.full((size,), -1, dtype=torch.long, device=wanted.device)
     lookup[wanted] = torch.arange(len(classes), device=wanted.device)
     return TensorSplit(split.inputs[mask], lookup[split.targets[mask]])
 
