@@ -96,3 +96,17 @@ def test_search_with_init_scores_final_networks(tmp_path):
         ]
         assert [int(row[1]) for row in rows] == [0, 2]
         assert trial["validation_loss"] == pytest.approx(float(rows[-1][9]))
+
+
+@pytest.mark.parametrize(
+    "storage", ["nosuch://x", "not a url", "sqlite:////no/such/folder/study.db"]
+)
+def test_bad_storage_is_one_line_before_any_work(tmp_path, capsys, storage):
+    out = tmp_path / "run"
+    code = main(["meta-train", *TINY_ARGS, "--episodes", "1", "--search", "1",
+                 "--search-storage", storage, "--out", str(out)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"--search-storage {storage!r} is not a usable Optuna storage" in err
+    assert "Traceback" not in err
+    assert not out.exists()

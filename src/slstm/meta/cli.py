@@ -417,6 +417,10 @@ def run(args: argparse.Namespace) -> int:
         if not args.resume and int(os.environ.get("RANK", "0")) == 0:
             # Before the data loads; rank 0 alone writes the folder.
             check_output_dir(config.out)
+            if config.search and config.search_storage is not None:
+                from slstm.meta.search import check_storage
+
+                check_storage(config.search_storage)
     except (ValueError, FileNotFoundError) as error:
         print(f"slstm meta-train: {error}", file=sys.stderr)
         return 2

@@ -117,6 +117,26 @@ def tune_learning_rate(
     return TuningResult(best_lr=best_lr, best_score=best_score, trials=trials)
 
 
+def check_storage(storage: str) -> None:
+    """Raise ValueError unless Optuna can open ``storage``, before any work.
+
+    Opening a new SQLite file creates it with Optuna's tables, as the search
+    would.
+    """
+    import optuna
+
+    try:
+        optuna.storages.RDBStorage(storage)
+    except Exception as error:  # SQLAlchemy raises several unrelated classes
+        reason = str(error).splitlines()[0]
+        raise ValueError(
+            f"--search-storage {storage!r} is not a usable Optuna storage "
+            f"({type(error).__name__}: {reason}); pass a database URL such as "
+            "sqlite:///runs/search.db in a folder that exists, or leave it out "
+            "to keep the study in the run's folder"
+        ) from None
+
+
 def search_meta_lr(config, *, context=None, device=None) -> tuple[float, list]:
     """Choose ``config.meta_lr`` by random search; return ``(best_lr, trials)``.
 
