@@ -82,7 +82,11 @@ def test_meta_horizon_assumed_without_provenance():
 
 def test_network_note_names_differences():
     provenance = {
-        "meta_train_config": {"net": "mnist_cnn", "net_sizes": {"channels": 16}},
+        "meta_train_config": {
+            "net": "mnist_cnn",
+            "net_sizes": {"channels": 16},
+            "data": "fashion-mnist",
+        },
     }
     assert network_note(provenance, "mnist_cnn", {"channels": 16}, 64) == ""
     note = network_note(provenance, "mnist_cnn", {"channels": 64}, 64)
@@ -95,3 +99,9 @@ def test_network_note_names_differences():
     note = network_note(provenance, "cifar_cnn", {"channels": 16}, 64)
     assert "network mnist_cnn (here cifar_cnn)" in note
     assert "does not name" in network_note({}, "mnist_cnn", {}, 64)
+    # The data set is compared only when the caller names it.
+    assert network_note(provenance, "mnist_cnn", {"channels": 16}, 64, data=None) == ""
+    note = network_note(provenance, "mnist_cnn", {"channels": 16}, 64, data="digits")
+    assert (
+        note == "meta-trained on a different setting: data fashion-mnist (here digits)"
+    )

@@ -84,12 +84,17 @@ def trained_on(provenance):
     return {}
 
 
-def network_note(provenance, model_name, model_sizes, batch_size):
-    """Return a sentence when the checkpoint was meta-trained on another setting."""
+def network_note(provenance, model_name, model_sizes, batch_size, data=None):
+    """Return a sentence when the checkpoint was meta-trained on another setting.
+
+    ``data`` is the data set's name here; None leaves the data set unchecked.
+    """
     trained = trained_on(provenance)
     if not trained:
         return "its provenance does not name the network it was meta-trained on"
     differences = []
+    if data is not None and "data" in trained and trained["data"] != data:
+        differences.append(f"data {trained['data']} (here {data})")
     if "net" in trained and trained["net"] != model_name:
         differences.append(f"network {trained['net']} (here {model_name})")
     sizes = trained.get("net_sizes")

@@ -349,7 +349,9 @@ def _run(config, preset, device, scale_reason, progress, command, log):
     checkpoints = {}
     for name, source in learned.items():
         provenance = dict(source.checkpoint.provenance or {})
-        mismatch = network_note(provenance, model_name, model_sizes, batch_size)
+        mismatch = network_note(
+            provenance, model_name, model_sizes, batch_size, data=data_name
+        )
         if mismatch:
             log(f"{DISPLAY_NAMES[name]}: {mismatch}")
         checkpoints[name] = {

@@ -419,7 +419,9 @@ def _warn_if_trained_elsewhere(args, provenance: dict) -> None:
     """
     from slstm.experiments.learned import network_note
 
-    note = network_note(provenance, args.net, args.net_sizes, args.batch_size)
+    note = network_note(
+        provenance, args.net, args.net_sizes, args.batch_size, data=args.data
+    )
     if note:
         print(
             f"slstm train: warning: {args.optimizer} checkpoint {note}", file=sys.stderr

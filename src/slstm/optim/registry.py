@@ -110,7 +110,7 @@ def _learned(name: str, preset: str, default_checkpoint: str, curvature_method=N
                 f"the {name} optimizer has no learning rate (its step size is "
                 f"meta-trained), got lr={lr!r}; pass lr=None"
             )
-        source = "the given networks"
+        source, was = "the given networks", "were"
         if nets is None:
             if config is not None:
                 raise ValueError(
@@ -121,7 +121,7 @@ def _learned(name: str, preset: str, default_checkpoint: str, curvature_method=N
                 checkpoint or default_checkpoint, map_location=map_location
             )
             nets, config = loaded.nets, loaded.config
-            source = f"checkpoint {checkpoint or default_checkpoint}"
+            source, was = f"checkpoint {checkpoint or default_checkpoint}", "was"
         elif checkpoint is not None:
             raise ValueError("pass either nets (with config) or checkpoint, not both")
         config = config or LearnedOptimizerConfig.preset(preset)
@@ -129,14 +129,14 @@ def _learned(name: str, preset: str, default_checkpoint: str, curvature_method=N
         if config.inputs != expected.inputs:
             kind = "slstm" if "hessian" in config.inputs else "lstm"
             raise ValueError(
-                f"the {name} optimizer reads {expected.inputs}, but {source} was "
+                f"the {name} optimizer reads {expected.inputs}, but {source} {was} "
                 f"built for {config.inputs}; use the {kind} optimizer for it, or "
                 f"a checkpoint meta-trained with --optimizer {preset}"
             )
         if curvature_method is not None and config.curvature_method != curvature_method:
             raise ValueError(
                 f"the {name} optimizer reads the {curvature_method} diagonal "
-                f"Hessian, but {source} was meta-trained on "
+                f"Hessian, but {source} {was} meta-trained on "
                 f"{config.curvature_method!r}; use the slstm optimizer for it, or a "
                 f"checkpoint meta-trained with --curvature-method {curvature_method}"
             )
