@@ -217,6 +217,15 @@ def test_config_rejects_bad_values():
         MetaTrainConfig(optimizer="lstm", curvature_method="hutchinson")
 
 
+def test_cli_names_a_split_smaller_than_a_minibatch(tmp_path, capsys):
+    args = [*TINY_ARGS, "--episodes", "1", "--validate-every", "1", "--out"]
+    code = main(["meta-train", *args, str(tmp_path / "r"), "--validation", "10"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "the validation split has 10 examples, fewer than one minibatch" in err
+    assert "pass a smaller --batch-size or a larger --validation" in err
+
+
 def test_cli_rejects_an_out_that_is_no_folder(tmp_path, capsys):
     taken = tmp_path / "a-file"
     taken.write_text("x")

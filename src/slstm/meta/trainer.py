@@ -187,6 +187,7 @@ class MetaTrainer:
                 "carves no validation split; set validation to a positive count or "
                 "fraction, or validate_every to 0"
             )
+        self._check_split_sizes()
         self.sampler = TaskSampler(
             config.seed,
             [name.strip() for name in config.net.split(",")],
@@ -232,6 +233,22 @@ class MetaTrainer:
         self._stop_requested = False
 
     # ----------------------------------------------------------------- episodes
+
+    def _check_split_sizes(self) -> None:
+        """Reject a split too small for one minibatch, in the options' words."""
+        batch_size = self.config.batch_size
+        splits = [("training", self.data.splits.train, "")]
+        if self.config.validate_every:
+            splits.append(
+                ("validation", self.data.splits.validation, " or a larger --validation")
+            )
+        for name, split, remedy in splits:
+            if len(split) < batch_size:
+                raise ValueError(
+                    f"the {name} split has {len(split)} examples, fewer than one "
+                    f"minibatch of --batch-size {batch_size}; pass a smaller "
+                    f"--batch-size{remedy}"
+                )
 
     def start_episode(self, episode: int, rank: int | None = None) -> Optimizee:
         """Build and evaluate the optimizee of ``episode`` on ``rank``."""
