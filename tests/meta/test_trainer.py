@@ -581,6 +581,15 @@ def test_cli_takes_keep_validated(tmp_path):
     assert (out / "validated" / "episode-000003.pt").exists()
 
 
+def test_resume_says_when_no_episode_is_left(tmp_path, caplog):
+    out = tmp_path / "run"
+    args = [*TINY_ARGS, "--episodes", "2", "--validate-every", "0"]
+    assert main(["meta-train", *args, "--out", str(out)]) == 0
+    caplog.clear()
+    assert main(["meta-train", "--out", str(out), "--resume", "--episodes", "1"]) == 0
+    assert "has done 2 episodes, already at least --episodes 1" in caplog.text
+
+
 def test_cli_takes_snapshot_every(tmp_path):
     out = tmp_path / "run"
     args = [*TINY_ARGS, "--episodes", "2", "--validate-every", "0"]

@@ -493,6 +493,14 @@ class MetaTrainer:
         self.context.barrier()
 
         start_episode = self.counters.episode
+        if resume and start_episode >= config.episodes and self.context.is_main:
+            logger.warning(
+                "the run in %s has done %d episodes, already at least --episodes "
+                "%d, so no episode runs; pass a larger --episodes to continue it",
+                self.out,
+                start_episode,
+                config.episodes,
+            )
         run_started = time.perf_counter()
         seconds_before = self.counters.seconds
         boundary = self._snapshot()
