@@ -17,7 +17,7 @@ from slstm.meta.io import atomic_torch_save
 from slstm.meta.metrics import read_metrics
 from slstm.meta.trainer import STATE_FILE
 from slstm.models import build_model
-from slstm.optim import load, load_checkpoint
+from slstm.optim import CheckpointError, load, load_checkpoint
 
 from .conftest import TINY_ARGS
 
@@ -58,6 +58,8 @@ def test_cli_runs_tiny_configuration(tmp_path, capsys):
     optimizer = load(out / "best.pt", model)
     assert load_checkpoint(out / "best.pt").provenance["meta_train_config"]["seed"] == 0
     assert optimizer.param_groups
+    with pytest.raises(CheckpointError, match="is the resume state of a meta-training"):
+        load_checkpoint(out / "state" / "latest.pt")
     assert "best checkpoint" in capsys.readouterr().out
 
 

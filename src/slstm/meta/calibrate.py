@@ -430,7 +430,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out",
         metavar="FILE",
         help="write the checkpoint with the best scale here (default: only "
-        "print the scores)",
+        "print the scores); it may name the checkpoint itself, and the new "
+        "calibration record keeps the source's output scale, commit and any "
+        "earlier calibration ('previous')",
     )
     parser.add_argument(
         "--config",

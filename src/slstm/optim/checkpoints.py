@@ -312,6 +312,12 @@ def load_checkpoint(name_or_path, map_location=None) -> Checkpoint:
             f"of a shipped checkpoint ({', '.join(shipped_checkpoints()) or 'none'})"
         ),
     )
+    if isinstance(payload, dict) and {"counters", "config"} <= payload.keys():
+        raise CheckpointError(
+            f"{str(path)!r} is the resume state of a meta-training run "
+            "(state/latest.pt), not an optimizer checkpoint; pass that run's "
+            "best.pt, last.pt or a file in its validated/ or snapshots/ folder"
+        )
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(
             f"{str(path)!r} is not a learned-optimizer checkpoint (expected "
