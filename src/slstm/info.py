@@ -49,7 +49,12 @@ def _location(spec, data_dir) -> str:
     directory = data_dir or spec.default_dir
     if directory is None:
         return "needs --data-dir"
-    state = "found" if Path(directory).exists() else "not found"
+    # Only the folder is looked at here; --load reads and checks every file.
+    state = (
+        "folder found; --load checks its files"
+        if Path(directory).is_dir()
+        else "not found"
+    )
     return f"{directory} ({state})"
 
 

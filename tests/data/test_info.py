@@ -41,7 +41,7 @@ def test_info_sizes_and_class_subset(capsys):
 def test_info_loads_dataset(capsys, idx_dir):
     assert main(["info", "--data", "mnist", "--data-dir", str(idx_dir), "--load"]) == 0
     out = capsys.readouterr().out
-    assert f"{idx_dir} (found)" in out
+    assert f"{idx_dir} (folder found; --load checks its files)" in out
     assert "Loaded DataSplits('mnist', train=40, test=20, input 1x6x5" in out
     assert "per-channel mean (" in out
 
@@ -145,4 +145,7 @@ def test_default_arguments():
 )
 def test_info_default_location_found(capsys):
     assert main(["info"]) == 0
-    assert "/usr/share/datasets/fashion-mnist (found)" in capsys.readouterr().out
+    assert (
+        "/usr/share/datasets/fashion-mnist (folder found; --load checks its files)"
+        in capsys.readouterr().out
+    )
