@@ -228,6 +228,20 @@ def test_cli_names_a_split_smaller_than_a_minibatch(tmp_path, capsys):
     assert "pass a smaller --batch-size or a larger --validation" in err
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--threads", "0", "--threads must be a positive int, got 0"),
+        ("--meta-lr", "-1", "--meta-lr must be a positive number"),
+        ("--validate-every", "-1", "--validate-every must be an int >= 0"),
+    ],
+)
+def test_cli_errors_name_the_option(tmp_path, capsys, option, value, message):
+    argv = ["meta-train", *TINY_ARGS, f"{option}={value}", "--out", str(tmp_path)]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_cli_rejects_an_out_that_is_no_folder(tmp_path, capsys):
     taken = tmp_path / "a-file"
     taken.write_text("x")

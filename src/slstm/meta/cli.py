@@ -422,7 +422,7 @@ def run(args: argparse.Namespace) -> int:
 
                 check_storage(config.search_storage)
     except (ValueError, FileNotFoundError) as error:
-        print(f"slstm meta-train: {error}", file=sys.stderr)
+        print(f"slstm meta-train: {_in_option_words(str(error))}", file=sys.stderr)
         return 2
     try:
         result = meta_train(config, resume=args.resume, progress=args.progress)
@@ -452,3 +452,17 @@ def run(args: argparse.Namespace) -> int:
         lines.append(f"meta learning rate chosen by search: {result.meta_lr:.3g}")
     print("\n".join(lines))
     return 0
+
+
+# Configuration fields whose command-line option is not --field-name.
+_OPTION_NAMES = {"num_threads": "--threads"}
+
+
+def _in_option_words(message: str) -> str:
+    """Name the option a user typed where a configuration error starts with
+    the field's name ("num_threads must ..." becomes "--threads must ...")."""
+    field, _, rest = message.partition(" ")
+    if rest and field in _config_fields():
+        option = _OPTION_NAMES.get(field, "--" + field.replace("_", "-"))
+        return f"{option} {rest}"
+    return message
