@@ -657,3 +657,45 @@ def test_nets_on_other_device_rejected():
     meta = random_nets(config).to("meta")
     with pytest.raises(ValueError, match="move the networks"):
         learned_update(meta, config, params, [torch.ones(3)], None, ["fc"])
+
+
+def test_lr_multiplies_the_update_and_a_scheduler_drives_it():
+    config = LearnedOptimizerConfig.preset("slstm")
+    nets = random_nets(config)
+    plain_model, scaled_model = small_cnn(), small_cnn()
+    start = [p.detach().clone() for p in plain_model.parameters()]
+    plain = LearnedOptimizer(plain_model, nets, config)
+    scaled = LearnedOptimizer(scaled_model, nets, config, lr=0.5)
+    scheduler = torch.optim.lr_scheduler.StepLR(scaled, step_size=1, gamma=0.5)
+    multipliers = []
+    for step in range(3):
+        for model in (plain_model, scaled_model):
+            set_gradients(model, seed=step)
+        before = [p.detach().clone() for p in plain_model.parameters()]
+        plain.step()
+        multipliers.append(scaled.param_groups[0]["lr"])
+        before_scaled = [p.detach().clone() for p in scaled_model.parameters()]
+        scaled.step()
+        scheduler.step()
+        # The networks never see lr, so the update is the plain one times lr
+        # for as long as both models received the same gradients.
+        if step == 0:
+            for p, q, b, bs in zip(plain_model.parameters(),
+                                   scaled_model.parameters(), before,
+                                   before_scaled, strict=True):  # fmt: skip
+                torch.testing.assert_close(q - bs, 0.5 * (p - b))
+    assert multipliers == [0.5, 0.25, 0.125]
+    # The LSTM state does not depend on lr.
+    for p, q in zip(plain_model.parameters(), scaled_model.parameters(), strict=True):
+        torch.testing.assert_close(plain.state[p]["hidden"], scaled.state[q]["hidden"])
+    assert any(
+        not torch.equal(p, s)
+        for p, s in zip(start, plain_model.parameters(), strict=True)
+    )
+
+
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), "1", True])
+def test_rejects_bad_lr(bad):
+    config = LearnedOptimizerConfig.preset("lstm")
+    with pytest.raises(ValueError, match="lr is a multiplier on the learned update"):
+        LearnedOptimizer(small_cnn(), random_nets(config), config, lr=bad)

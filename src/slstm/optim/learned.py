@@ -6,6 +6,7 @@ inside an ordinary training loop. Both run each parameter tensor through the
 update network of its kind with that tensor's own slice of recurrent state.
 """
 
+import math
 import reprlib
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -220,6 +221,11 @@ class LearnedOptimizer(torch.optim.Optimizer):
             group's ``"param_names"``.
         nets: ``{kind: UpdateNet}``, on the parameters' device.
         config: the configuration the networks were built with.
+        lr: a multiplier on the learned update; 1.0 (the default) applies it as
+            meta-trained. The update networks never see it, so their inputs and
+            state do not change with it. It lets ``torch.optim.lr_scheduler``
+            (``StepLR``, ``LambdaLR``, a warm-up) scale the learned step over a
+            run, per group like a learning rate.
         check_inputs: raise ``NonFiniteInputError`` on NaN or inf gradients or
             curvature instead of writing NaN into the parameters.
         chunk_size: coordinates per block of a step. The LSTM's temporaries grow
@@ -234,6 +240,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         nets: Mapping[str, UpdateNet],
         config: LearnedOptimizerConfig,
         *,
+        lr: float = 1.0,
         check_inputs: bool = True,
         chunk_size: int = 16384,
     ):
@@ -257,7 +264,12 @@ class LearnedOptimizer(torch.optim.Optimizer):
         self._workspace: dict = {}
         super().__init__(
             _normalise_groups(params),
-            {"kind": None, "check_inputs": check_inputs, "chunk_size": chunk_size},
+            {
+                "kind": None,
+                "lr": lr,
+                "check_inputs": check_inputs,
+                "chunk_size": chunk_size,
+            },
         )
 
     @property
@@ -299,6 +311,16 @@ class LearnedOptimizer(torch.optim.Optimizer):
             raise ValueError(
                 f"parameter group kind {kind!r} has no update network; expected one "
                 f"of {sorted(self.nets)}"
+            )
+        lr = param_group.get("lr", self.defaults["lr"])
+        if (
+            isinstance(lr, bool)
+            or not isinstance(lr, int | float)
+            or not (math.isfinite(lr) and lr >= 0)
+        ):
+            raise ValueError(
+                f"lr is a multiplier on the learned update and must be a finite "
+                f"number >= 0 (1.0: as meta-trained), got {lr!r}"
             )
         super().add_param_group({**param_group, "params": params, "kind": kind})
 
@@ -441,6 +463,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         flat_grad = p.grad.reshape(-1)
         flat_hessian = None if hessian_diag is None else hessian_diag.reshape(-1)
         hidden, cell = state["hidden"], state["cell"]
+        # A state dict saved before groups had "lr" loads without it.
+        multiplier = group.get("lr", 1.0)
         for start in range(0, p.numel(), size):
             block = slice(start, start + size)
             block_state = (hidden[:, :, block], cell[:, :, block])
@@ -454,10 +478,11 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 check_inputs=False,
                 workspace=self._workspace,
             )
+            # alpha=1 is exact, so the default leaves the update bit for bit.
             if flat_param is p:  # not contiguous: one block holds all of p
-                p.add_(update.view_as(p))
+                p.add_(update.view_as(p), alpha=multiplier)
             else:
-                flat_param[block].add_(update)
+                flat_param[block].add_(update, alpha=multiplier)
 
 
 EXPECTED_PARAMS = (

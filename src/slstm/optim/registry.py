@@ -107,8 +107,9 @@ def _learned(name: str, preset: str, default_checkpoint: str, curvature_method=N
     ):
         if lr is not None:
             raise ValueError(
-                f"the {name} optimizer has no learning rate (its step size is "
-                f"meta-trained), got lr={lr!r}; pass lr=None"
+                f"the {name} optimizer has no learning rate to tune (its step "
+                f"size is meta-trained), got lr={lr!r}; pass lr=None (to scale "
+                "its updates, build it with slstm.optim.load(..., lr=multiplier))"
             )
         source, was = "the given networks", "were"
         if nets is None:
