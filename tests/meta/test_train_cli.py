@@ -153,12 +153,12 @@ def test_train_records_the_method_that_ran(checkpoint, tmp_path):
 
 
 def test_out_must_be_a_folder(capsys, tmp_path):
-    taken = tmp_path / "a-file"
-    taken.write_text("x")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
     base = ["train", "--data", "digits", "--steps", "1"]
-    line = _one_line_error(capsys, [*base, "--out", str(taken)])
+    line = _one_line_error(capsys, [*base, "--out", str(a_file)])
     assert "is a file, not a folder" in line
-    line = _one_line_error(capsys, [*base, "--out", str(taken / "sub")])
+    line = _one_line_error(capsys, [*base, "--out", str(a_file / "sub")])
     assert "is not a folder; pass a path in a writable folder" in line
 
 

@@ -243,11 +243,11 @@ def test_cli_errors_name_the_option(tmp_path, capsys, option, value, message):
 
 
 def test_cli_rejects_an_out_that_is_no_folder(tmp_path, capsys):
-    taken = tmp_path / "a-file"
-    taken.write_text("x")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
     for out, message in [
-        (taken, "is a file, not a folder"),
-        (taken / "sub", "is not a folder; pass a path in a writable folder"),
+        (a_file, "is a file, not a folder"),
+        (a_file / "sub", "is not a folder; pass a path in a writable folder"),
         ("", "--out is empty; pass a folder path"),
     ]:
         code = main(["meta-train", *TINY_ARGS, "--episodes", "1", "--out", str(out)])
@@ -574,7 +574,7 @@ def test_snapshot_every_keeps_networks_without_validating(tiny_config):
     assert second["validation_loss"] is None
     assert second["validation_by_horizon"] == {}
     assert fourth["validation_loss"] == result.final_validation_loss
-    # The last snapshot holds the run's final networks.
+    # The last snapshot contains the run's final networks.
     _assert_same_weights(_weights(result.out / "last.pt"), _weights(snapshots[-1]))
     with pytest.raises(ValueError, match="snapshot_every must be an int >= 0"):
         tiny_config(snapshot_every=-1)

@@ -659,7 +659,7 @@ def test_nets_on_other_device_rejected():
         learned_update(meta, config, params, [torch.ones(3)], None, ["fc"])
 
 
-def test_lr_multiplies_the_update_and_a_scheduler_drives_it():
+def test_lr_scales_update_under_scheduler():
     config = LearnedOptimizerConfig.preset("slstm")
     nets = random_nets(config)
     plain_model, scaled_model = small_cnn(), small_cnn()
@@ -667,6 +667,7 @@ def test_lr_multiplies_the_update_and_a_scheduler_drives_it():
     plain = LearnedOptimizer(plain_model, nets, config)
     scaled = LearnedOptimizer(scaled_model, nets, config, lr=0.5)
     scheduler = torch.optim.lr_scheduler.StepLR(scaled, step_size=1, gamma=0.5)
+
     multipliers = []
     for step in range(3):
         for model in (plain_model, scaled_model):
@@ -685,6 +686,7 @@ def test_lr_multiplies_the_update_and_a_scheduler_drives_it():
                                    before_scaled, strict=True):  # fmt: skip
                 torch.testing.assert_close(q - bs, 0.5 * (p - b))
     assert multipliers == [0.5, 0.25, 0.125]
+
     # The LSTM state does not depend on lr.
     for p, q in zip(plain_model.parameters(), scaled_model.parameters(), strict=True):
         torch.testing.assert_close(plain.state[p]["hidden"], scaled.state[q]["hidden"])
