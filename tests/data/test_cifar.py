@@ -2,6 +2,7 @@
 
 import os
 import pickle
+import struct
 
 import numpy as np
 import pytest
@@ -97,6 +98,14 @@ def test_cifar_truncated_batch(cifar_dir):
     path = cifar_dir / "data_batch_2"
     path.write_bytes(path.read_bytes()[:500])
     _expect_error(cifar_dir, str(path), "truncated or corrupt pickle")
+
+
+def test_cifar_huge_length_field(cifar_dir):
+    # A BINBYTES8 opcode that announces 2**62 bytes: the unpickler tries to
+    # allocate them and raises MemoryError.
+    path = cifar_dir / "data_batch_2"
+    path.write_bytes(b"\x80\x04\x8e" + struct.pack("<Q", 2**62) + b"xx.")
+    _expect_error(cifar_dir, str(path), "truncated or corrupt pickle (MemoryError")
 
 
 def test_cifar_rejects_foreign_globals(cifar_dir, tmp_path):

@@ -83,6 +83,24 @@ def test_decode_converts_to_rgb(tmp_path, mode):
     assert decoded.mean().item() == pytest.approx(200 / 255, abs=0.01)
 
 
+def test_decode_scales_16_bit_grey(tmp_path):
+    path = tmp_path / "grey16.png"
+    wide = np.full((10, 12), 40000, dtype=np.uint16)
+    Image.fromarray(wide).save(path)  # mode I;16
+    with Image.open(path) as reread:
+        assert reread.mode.startswith("I;16")
+    decoded = decode_image(str(path), 6)
+    # 40000 of 65535 is about 0.61, not white (1.0) as clipping at 255 gives.
+    assert decoded.mean().item() == pytest.approx(40000 / 65535, abs=0.005)
+
+
+def test_decode_rejects_float_pixels(tmp_path):
+    path = tmp_path / "float.tiff"
+    Image.fromarray(np.full((8, 8), 0.5, dtype=np.float32)).save(path)  # mode F
+    with pytest.raises(DataError, match="'F'-mode image .* has no fixed range"):
+        decode_image(str(path), 4)
+
+
 def test_batches_with_workers_reproducible(image_folder):
     data = load_dataset("imagefolder", image_folder, image_size=8, num_workers=2)
 

@@ -115,6 +115,7 @@ def unpickle_batch(data: bytes, source: str, fix: str) -> dict:
         TypeError,
         AttributeError,
         IndexError,
+        MemoryError,  # a corrupt length field asks for a huge allocation
     ) as exc:
         raise DataError(
             f"{source}: truncated or corrupt pickle ({type(exc).__name__}: {exc}); "

@@ -54,7 +54,7 @@ def decode_image(path: str, image_size: int) -> torch.Tensor:
             # For JPEG, let the decoder downscale by a power of two (keeping both
             # sides >= image_size), so a large photo is never decoded at full size.
             image.draft("RGB", (image_size, image_size))
-            image = image.convert("RGB")
+            image = _to_8_bit(image, path).convert("RGB")
             width, height = image.size
             scale = image_size / min(width, height)
             resized = (
@@ -74,6 +74,28 @@ def decode_image(path: str, image_size: int) -> torch.Tensor:
             "file with a valid JPEG or PNG image or delete it"
         ) from exc
     return torch.from_numpy(pixels.copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+# Pillow modes of 16-bit greyscale images (PNG stores them as I;16 or I;16B).
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
+def _to_8_bit(image: Image.Image, path: str) -> Image.Image:
+    """Scale a 16-bit greyscale image to 8 bits; reject modes with no fixed range.
+
+    ``convert("RGB")`` would clip 16-bit values at 255, so most images would
+    come out white.
+    """
+    if image.mode in SIXTEEN_BIT_MODES:
+        wide = np.asarray(image, dtype=np.uint16)
+        return Image.fromarray((wide / 257.0).round().astype(np.uint8))  # mode L
+    if image.mode in ("I", "F"):
+        raise DataError(
+            f"{path}: a {image.mode!r}-mode image (32-bit integer or float pixels) "
+            "has no fixed range to scale to [0, 1]; save it as an 8- or 16-bit "
+            "PNG or as a JPEG"
+        )
+    return image
 
 
 class ImageFolderSplit(Dataset):
