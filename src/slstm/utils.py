@@ -13,7 +13,16 @@ def resolve_device(device="auto"):
     """Return a ``torch.device``: CUDA when available for ``"auto"``, else as named."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"device {device!r} is invalid; use auto, cpu, cuda or cuda:N"
+        ) from None
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(
+            f"device {device!r} is not supported; use auto, cpu, cuda or cuda:N"
+        )
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(
             f"device {device!r} requested but CUDA is not available; "
@@ -114,3 +123,17 @@ def _check_writable_folder(folder: Path, what: str) -> None:
                 created.rmdir()
             except OSError:  # never created, or not empty
                 pass
+
+
+def in_option_words(message: str, fields, renamed=None) -> str:
+    """Return ``message`` with a leading configuration field named as its option.
+
+    Configuration classes report "num_threads must ..."; a command-line user
+    typed ``--threads``. ``fields`` are the field names of the configuration,
+    and ``renamed`` maps the fields whose option is not ``--field-name``.
+    """
+    field, _, rest = message.partition(" ")
+    if not rest or field not in fields:
+        return message
+    option = (renamed or {}).get(field, "--" + field.replace("_", "-"))
+    return f"{option} {rest}"

@@ -375,6 +375,8 @@ def test_auto_scale_follows_device():
         ({"preset": "svhn"}, "unknown preset"),
         ({"scale": "huge"}, "unknown scale"),
         ({"test_eval_size": -1}, "test_eval_size must be an int >= 0"),
+        ({"image_size": 0}, "image_size must be a positive int or None, got 0"),
+        ({"optimizers": ("adam", "sgd", "adam")}, "lists adam more than once"),
     ],
 )
 def test_invalid_config_names_value(overrides, message):
@@ -395,7 +397,38 @@ def test_cli_invalid_option_prints_one_line(capsys):
     status = main(["experiment", "fashion-mnist", "--steps", "0"])
     err = capsys.readouterr().err.strip()
     assert status == 2
-    assert err == "slstm experiment: steps must be a positive int, got 0"
+    assert err == "slstm experiment: --steps must be a positive int, got 0"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--image-size", "0"], "--image-size must be a positive int or None, got 0"),
+        (
+            ["--device", "tpu"],
+            "--device 'tpu' is invalid; use auto, cpu, cuda or cuda:N",
+        ),
+    ],
+)
+def test_cli_bad_values_print_one_line(capsys, options, message):
+    status = main(["experiment", "fashion-mnist", *options])
+    err = capsys.readouterr().err.strip()
+    assert status == 2
+    assert err == f"slstm experiment: {message}"
+
+
+def test_cli_rejects_repeated_optimizer(capsys):
+    with pytest.raises(SystemExit):
+        main(["experiment", "fashion-mnist", "--optimizers", "adam,adam"])
+    assert "names adam more than once" in capsys.readouterr().err
+
+
+def test_validation_size_error_names_the_option(data_dir, checkpoints, tmp_path):
+    config = tiny_config(
+        data_dir, checkpoints, tmp_path / "big-validation", validation_size=100000
+    )
+    with pytest.raises(ValueError, match="--validation-size 100000 does not fit the"):
+        run_experiment(config, progress=False)
 
 
 def test_cli_rejects_bad_learning_rate(capsys):

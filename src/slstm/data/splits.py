@@ -24,6 +24,23 @@ class DataError(ValueError):
     """
 
 
+class ValidationSizeError(ValueError):
+    """A validation count that does not fit the training split.
+
+    Attributes:
+        requested: the count asked for.
+        train_size: the training examples it had to be carved from.
+    """
+
+    def __init__(self, requested: int, train_size: int):
+        super().__init__(
+            f"validation={requested} is out of range: the training split has "
+            f"{train_size} examples, so choose 0..{train_size - 1}"
+        )
+        self.requested = requested
+        self.train_size = train_size
+
+
 class TensorSplit(Dataset):
     """One split held in memory as two tensors on the same device.
 
@@ -200,10 +217,7 @@ def validation_size(validation, train_size: int) -> int:
     if isinstance(validation, numbers.Integral):
         count = int(validation)
         if not 0 <= count < train_size:
-            raise ValueError(
-                f"validation={count} is out of range: the training split has "
-                f"{train_size} examples, so choose 0..{train_size - 1}"
-            )
+            raise ValidationSizeError(count, train_size)
         return count
     if isinstance(validation, numbers.Real):
         if not 0.0 <= validation < 1.0:
@@ -287,7 +301,8 @@ def finish_in_memory(
         raise ValueError(
             f"{name} has no training examples of class {named}, out of the "
             f"chosen classes {list(chosen)}; pick classes that have examples "
-            "with --classes (e.g. --classes 0,1,2), or add examples of those"
+            "(the --classes option of slstm train, meta-train and info, e.g. "
+            "--classes 0,1,2), or add examples of the missing classes"
         )
     count = validation_size(validation, len(train_idx))
     keep, held_out = split_validation(len(train_idx), count, seed)

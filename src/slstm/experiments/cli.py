@@ -1,6 +1,7 @@
 """``slstm experiment PRESET``: compare the optimizers on a preset."""
 
 import argparse
+import dataclasses
 import math
 import sys
 
@@ -318,7 +319,7 @@ def config_from_args(args):
 
 def run(args):
     """Run ``slstm experiment`` and return the exit status."""
-    from slstm.utils import command_line
+    from slstm.utils import command_line, in_option_words
 
     from .runner import run_experiment
 
@@ -330,9 +331,20 @@ def run(args):
         # The project's errors (DataError, CheckpointError, UnsupportedModelError)
         # are ValueErrors whose message names the value and the fix, so the
         # message alone is clearer than a traceback.
-        print(f"slstm experiment: {error}", file=sys.stderr)
+        message = in_option_words(str(error), _CONFIG_FIELDS, _OPTION_NAMES)
+        print(f"slstm experiment: {message}", file=sys.stderr)
         return 2
     return 0
+
+
+_CONFIG_FIELDS = frozenset(field.name for field in dataclasses.fields(ExperimentConfig))
+# Configuration fields whose command-line option is not --field-name.
+_OPTION_NAMES = {
+    "model_sizes": "--net-sizes",
+    "learning_rates": "--lr",
+    "lr_ranges": "--lr-range",
+    "meta_config": "--meta-config",
+}
 
 
 def _name_list(choices, allow_none=False):
@@ -346,6 +358,11 @@ def _name_list(choices, allow_none=False):
             raise argparse.ArgumentTypeError(
                 f"invalid list {text!r}; use comma-separated names from "
                 f"{', '.join(choices)}{extra}"
+            )
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} names {', '.join(repeated)} more than once; name each once"
             )
         return names
 

@@ -166,6 +166,7 @@ class ExperimentConfig:
             "horizon_seeds",
             "validation_size",
             "train_eval_size",
+            "image_size",
         ):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
@@ -177,6 +178,12 @@ class ExperimentConfig:
             if value is not None and (not isinstance(value, int) or value < 0):
                 raise ValueError(f"{name} must be an int >= 0 or None, got {value!r}")
 
+        repeated = sorted({n for n in self.optimizers if self.optimizers.count(n) > 1})
+        if repeated:
+            raise ValueError(
+                f"optimizers lists {', '.join(repeated)} more than once; name each "
+                "optimizer once"
+            )
         unknown = [name for name in self.optimizers if name not in OPTIMIZER_NAMES]
         if unknown or not self.optimizers:
             raise ValueError(
@@ -474,18 +481,26 @@ def resolve_config(config, preset, scale):
 
 def _load_data(config, device):
     from slstm.data import load_dataset
+    from slstm.data.splits import ValidationSizeError
 
     kwargs = {}
     if config.data == "imagefolder":
         kwargs["image_size"] = config.image_size
-    return load_dataset(
-        config.data,
-        config.data_dir,
-        validation=config.validation_size,
-        seed=SPLIT_SEED,
-        device=device,
-        **kwargs,
-    )
+    try:
+        return load_dataset(
+            config.data,
+            config.data_dir,
+            validation=config.validation_size,
+            seed=SPLIT_SEED,
+            device=device,
+            **kwargs,
+        )
+    except ValidationSizeError as error:
+        raise ValueError(
+            f"--validation-size {error.requested} does not fit the "
+            f"{error.train_size} training images of {config.data}; pass "
+            f"--validation-size N with 1 <= N <= {error.train_size - 1}"
+        ) from None
 
 
 def _default_data_dir(name):

@@ -477,10 +477,6 @@ _OPTION_NAMES = {"num_threads": "--threads"}
 
 
 def _in_option_words(message: str) -> str:
-    """Name the option a user typed where a configuration error starts with
-    the field's name ("num_threads must ..." becomes "--threads must ...")."""
-    field, _, rest = message.partition(" ")
-    if rest and field in _config_fields():
-        option = _OPTION_NAMES.get(field, "--" + field.replace("_", "-"))
-        return f"{option} {rest}"
-    return message
+    from slstm.utils import in_option_words
+
+    return in_option_words(message, _config_fields(), _OPTION_NAMES)
