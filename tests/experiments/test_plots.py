@@ -119,3 +119,27 @@ def test_divergence_marks_at_one_multiplier_do_not_overlap(record):
         assert len(set(heights)) == 2
     finally:
         plt.close(fig)
+
+
+def test_divergence_marks_at_one_step_do_not_overlap(record):
+    import matplotlib.pyplot as plt
+
+    from slstm.experiments.plots import draw_test_error
+
+    for name in ("sgd", "rmsprop"):
+        for run in record.runs_of("main", name):
+            if run.seed == 2:
+                run.diverged_at = 7
+    fig = draw_test_error(record)
+    try:
+        (ax,) = fig.axes
+        heights = [
+            tuple(line.get_ydata())
+            for line in ax.get_lines()
+            if line.get_marker() == "x"
+        ]
+        # SGD and RMSprop diverged at step 7: two marks at two heights.
+        assert len(heights) == 2
+        assert heights[0] != heights[1]
+    finally:
+        plt.close(fig)

@@ -183,9 +183,12 @@ def _band(ax, steps, values, name, marker=None):
 def _mark_divergence(ax, runs, name):
     steps = [run.diverged_at for run in runs if run.diverged]
     if steps:
+        # Each optimizer marks at its own height, so that marks at one step
+        # do not hide each other.
+        row = OPTIMIZER_NAMES.index(name) if name in OPTIMIZER_NAMES else 0
         ax.plot(
             steps,
-            [0.97] * len(steps),
+            [0.97 - 0.04 * row] * len(steps),
             "x",
             color=COLORS.get(name),
             markersize=9,
