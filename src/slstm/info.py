@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from slstm.data import DATASETS, DataError, add_data_arguments, load_dataset_from_args
+from slstm.data import DATASETS, add_data_arguments, load_dataset_from_args
 from slstm.data.splits import resolve_classes
 from slstm.models import MODELS, add_model_arguments, build_model, count_parameters
 
@@ -193,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
     if args.load:
         try:
             print_loaded(args)
-        except DataError as error:
+        except ValueError as error:  # DataError and bad option values alike
             print(f"slstm info: {error}", file=sys.stderr)
             return 1
     return 0

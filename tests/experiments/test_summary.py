@@ -160,3 +160,14 @@ def test_summary_shortens_nested_provenance(record):
     assert "output scale 0.1 chosen from [0.075, 0.1] on 5 validation" in text
     assert "  - weight_average: mean of 2 checkpoints, episodes [10, 20]" in text
     assert "  - episodes: 3" in text
+
+
+def test_reference_reached_at_step_zero():
+    from types import SimpleNamespace
+
+    from slstm.experiments.summary import _format_reach
+
+    adam = SimpleNamespace(optimizer="adam", steps_to_reference=0)
+    assert _format_reach(adam, 100) == "0 (reference)"
+    adam.steps_to_reference = None
+    assert _format_reach(adam, 100) == "–"

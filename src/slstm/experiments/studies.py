@@ -173,7 +173,8 @@ def choose_learning_rates(config, context, progress, log):
         else:
             log(
                 f"tuned {DISPLAY_NAMES[name]}: lr {result.best_lr:.4g} (validation "
-                f"loss {result.best_score:.4f}, {len(result.trials)} trials)"
+                f"loss {result.best_score:.4f}, {len(result.trials)} "
+                f"trial{'' if len(result.trials) == 1 else 's'})"
             )
     bar.close()
     return chosen

@@ -342,8 +342,8 @@ def _learning_rate_lines(record):
         elif source == "tuned":
             low, high = info["search_range"]
             lines.append(
-                f"- {display}: {info['lr']:.4g}, best of {len(info['trials'])} "
-                f"trials in [{low:g}, {high:g}], one log-uniform draw in each of "
+                f"- {display}: {info['lr']:.4g}, best of {_trials(info['trials'])} "
+                f"in [{low:g}, {high:g}], one log-uniform draw in each of "
                 f"{len(info['trials'])} equal parts of the range on a log scale, "
                 f"scored by the validation loss after {info['steps']} steps "
                 f"(best {info['best_score']:.4f})"
@@ -467,9 +467,9 @@ def _seed_note(seeds):
 
 def _format_reach(row, final_step):
     if row.optimizer == REFERENCE_OPTIMIZER:
-        return (
-            f"{row.steps_to_reference} (reference)" if row.steps_to_reference else "–"
-        )
+        if row.steps_to_reference is None:
+            return "–"
+        return f"{row.steps_to_reference} (reference)"
     if row.steps_to_reference is None:
         return f"not reached in {final_step}"
     return str(row.steps_to_reference)
@@ -499,3 +499,8 @@ def _ordered(names):
     names = list(names)
     known = [name for name in OPTIMIZER_NAMES if name in names]
     return known + sorted(name for name in names if name not in OPTIMIZER_NAMES)
+
+
+def _trials(trials) -> str:
+    """Return "1 trial" or "N trials"."""
+    return f"{len(trials)} trial{'' if len(trials) == 1 else 's'}"
