@@ -118,6 +118,15 @@ def test_truncated_data(idx_dir):
     _assert_error(idx_dir, str(path), "truncated data", "(40, 6, 5)")
 
 
+def test_huge_header_byte_count_is_exact(idx_dir):
+    path = idx_dir / "train-images-idx3-ubyte.gz"
+    side = 2**32 - 1
+    header = bytes([0, 0, 8, 3]) + side.to_bytes(4, "big") * 3
+    path.write_bytes(gzip.compress(header + bytes(100)))
+    # 16 header bytes plus (2**32 - 1)**3 pixels, which int64 cannot hold.
+    _assert_error(idx_dir, str(path), f"needs {16 + side**3} bytes")
+
+
 def test_truncated_header(idx_dir):
     path = idx_dir / "t10k-images-idx3-ubyte.gz"
     path.write_bytes(gzip.compress(bytes([0, 0, 8, 3, 0, 0])))

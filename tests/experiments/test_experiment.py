@@ -377,6 +377,7 @@ def test_auto_scale_follows_device():
         ({"test_eval_size": -1}, "test_eval_size must be an int >= 0"),
         ({"image_size": 0}, "image_size must be a positive int or None, got 0"),
         ({"optimizers": ("adam", "sgd", "adam")}, "lists adam more than once"),
+        ({"curvature_method": "nope"}, "curvature_method 'nope' is invalid"),
     ],
 )
 def test_invalid_config_names_value(overrides, message):
@@ -421,6 +422,20 @@ def test_cli_rejects_repeated_optimizer(capsys):
     with pytest.raises(SystemExit):
         main(["experiment", "fashion-mnist", "--optimizers", "adam,adam"])
     assert "names adam more than once" in capsys.readouterr().err
+
+
+def test_batch_size_is_checked_before_tuning(data_dir, checkpoints, tmp_path):
+    config = tiny_config(
+        data_dir, checkpoints, tmp_path / "big-batch", batch_size=100000
+    )
+    with pytest.raises(ValueError, match="--batch-size 100000 is larger than the"):
+        run_experiment(config, progress=False)
+
+
+def test_cli_lists_curvature_methods(capsys):
+    with pytest.raises(SystemExit):
+        main(["experiment", "fashion-mnist", "--curvature-method", "nope"])
+    assert "choose from 'becker-lecun'" in capsys.readouterr().err
 
 
 def test_validation_size_error_names_the_option(data_dir, checkpoints, tmp_path):

@@ -9,6 +9,7 @@ big-endian uint32, then the data in C order. Image files have magic
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import zlib
 from pathlib import Path
@@ -118,7 +119,8 @@ def read_idx(path: str | os.PathLike, magic: int, *, fix: str = "") -> np.ndarra
             f"{header_size}; {fix}"
         )
     shape = tuple(np.frombuffer(data, dtype=">u4", count=ndim, offset=4).tolist())
-    expected = header_size + int(np.prod(shape, dtype=np.int64))
+    # math.prod on Python ints cannot overflow, unlike np.prod on int64.
+    expected = header_size + math.prod(shape)
     if len(data) < expected:
         raise DataError(
             f"{path}: truncated data: the header gives shape {shape}, which needs "

@@ -5,6 +5,8 @@ import dataclasses
 import math
 import sys
 
+from slstm.curvature import METHODS as CURVATURE_METHODS
+
 from .presets import (
     BASELINES,
     LR_SEARCH_RANGES,
@@ -220,7 +222,7 @@ def add_arguments(parser):
     tuning.add_argument(
         "--curvature-method",
         default=defaults.curvature_method,
-        metavar="METHOD",
+        choices=CURVATURE_METHODS,
         help="diagonal Hessian of DiagonalNewton (default: becker-lecun)",
     )
 

@@ -184,6 +184,13 @@ class ExperimentConfig:
                 f"optimizers lists {', '.join(repeated)} more than once; name each "
                 "optimizer once"
             )
+        from slstm.curvature import METHODS
+
+        if self.curvature_method not in METHODS:
+            raise ValueError(
+                f"curvature_method {self.curvature_method!r} is invalid; use one "
+                f"of {', '.join(METHODS)}"
+            )
         unknown = [name for name in self.optimizers if name not in OPTIMIZER_NAMES]
         if unknown or not self.optimizers:
             raise ValueError(
@@ -299,6 +306,7 @@ def _run(config, preset, device, scale_reason, progress, command, log):
     # Data and the fixed evaluation subsets.
     phase = time.perf_counter()
     splits = _load_data(config, device)
+    _check_batch_size(config, splits)
     eval_sets = EvalSets(
         loss_split=_fixed_subset(splits.train, config.train_eval_size),
         error_split=_fixed_subset(splits.test, config.test_eval_size or None),
@@ -501,6 +509,17 @@ def _load_data(config, device):
             f"{error.train_size} training images of {config.data}; pass "
             f"--validation-size N with 1 <= N <= {error.train_size - 1}"
         ) from None
+
+
+def _check_batch_size(config, splits) -> None:
+    """Reject a minibatch larger than a split it is drawn from, before tuning."""
+    for name, split in (("training", splits.train), ("validation", splits.validation)):
+        if split is not None and len(split) < config.batch_size:
+            raise ValueError(
+                f"--batch-size {config.batch_size} is larger than the {len(split)} "
+                f"images of the {name} split of {config.data}; pass a smaller "
+                "--batch-size"
+            )
 
 
 def _default_data_dir(name):
