@@ -51,6 +51,23 @@ def test_plot_command_warns_on_edited_csv(record, tmp_path, capsys):
     assert_png(tmp_path / "png" / "loss.png")
 
 
+def test_plot_command_takes_the_file_and_warns_without_csv(record, tmp_path, capsys):
+    results, curves = write_results(record, tmp_path)
+    curves.unlink()
+    assert main(["plot", str(results), "--out", str(tmp_path / "png")]) == 0
+    assert (
+        "curves.csv not found, so the curves were not checked"
+        in capsys.readouterr().out
+    )
+    assert_png(tmp_path / "png" / "loss.png")
+
+
+def test_plot_command_rejects_other_json(tmp_path, capsys):
+    (tmp_path / "results.json").write_text("[]")
+    assert main(["plot", str(tmp_path)]) == 2
+    assert "is not the results.json of `slstm experiment`" in capsys.readouterr().out
+
+
 def test_plot_command_missing_results(tmp_path, capsys):
     assert main(["plot", str(tmp_path)]) == 2
     assert "results.json not found" in capsys.readouterr().out

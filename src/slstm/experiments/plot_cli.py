@@ -25,13 +25,20 @@ def add_arguments(parser):
 def run(args):
     """Redraw the plots from results.json, check curves.csv, print the table."""
     results_dir = Path(args.results_dir)
+    if results_dir.name == records.RESULTS_FILE and results_dir.is_file():
+        results_dir = results_dir.parent
     try:
         record = records.load_results(results_dir)
     except (FileNotFoundError, ValueError) as error:
         print(f"slstm plot: error: {error}")
         return 2
     curves = results_dir / records.CURVES_FILE
-    if curves.is_file():
+    if not curves.is_file():
+        print(
+            f"slstm plot: warning: {curves} not found, so the curves were not "
+            "checked against results.json"
+        )
+    else:
         problems = records.compare_with_csv(record, curves)
         if problems:
             print(f"slstm plot: warning: {curves} differs from results.json:")

@@ -202,8 +202,10 @@ def write_config(config, out_dir):
 
 
 def load_results(out_dir):
-    """Read ``results.json`` from an experiment directory."""
-    path = Path(out_dir) / RESULTS_FILE
+    """Read ``results.json`` from an experiment directory (or that file's path)."""
+    path = Path(out_dir)
+    if not (path.name == RESULTS_FILE and path.is_file()):
+        path = path / RESULTS_FILE
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} not found; pass the directory that `slstm experiment` wrote "
@@ -214,6 +216,11 @@ def load_results(out_dir):
             data = json.load(handle)
         except json.JSONDecodeError as error:
             raise ValueError(f"{path} is not valid JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"{path} is not the results.json of `slstm experiment` (expected a "
+            "JSON object); pass the directory that the experiment wrote"
+        )
     return ExperimentRecord.from_json(data)
 
 
