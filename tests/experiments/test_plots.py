@@ -160,3 +160,15 @@ def test_divergence_marks_at_one_step_do_not_overlap(record):
         assert heights[0] != heights[1]
     finally:
         plt.close(fig)
+
+
+def test_title_names_data_that_replaced_the_preset(make_record):
+    from slstm.experiments.plots import _title
+    from slstm.experiments.summary import render_summary
+
+    record = make_record(studies=False)
+    assert _title(record).startswith("fashion-mnist (small scale)")
+    assert render_summary(record).startswith("# Experiment `fashion-mnist`\n")
+    record.setup["data"]["name"] = "digits"
+    assert _title(record).startswith("fashion-mnist on digits (small scale)")
+    assert render_summary(record).startswith("# Experiment `fashion-mnist` on digits")

@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
-from .presets import DISPLAY_NAMES, OPTIMIZER_NAMES  # noqa: E402
+from .presets import DISPLAY_NAMES, OPTIMIZER_NAMES, preset_data  # noqa: E402
 from .stats import aligned_curves, aligned_minibatch_losses  # noqa: E402
 from .summary import sensitivity_runs  # noqa: E402
 
@@ -234,14 +234,14 @@ def _label(name):
 
 def _title(record):
     setup = record.setup
-    return (
-        f"{record.config['preset']} ({setup['scale']} scale): "
-        f"{setup['model']['name']}, "
-        + (
-            "1 seed, no spread"
-            if len(setup["seeds"]) == 1
-            else f"mean ± std over {len(setup['seeds'])} seeds"
-        )
+    preset = record.config["preset"]
+    data = setup.get("data", {}).get("name")
+    # A preset run on another data set than its own (--data) names both.
+    where = preset if data in (None, preset_data(preset)) else f"{preset} on {data}"
+    return f"{where} ({setup['scale']} scale): {setup['model']['name']}, " + (
+        "1 seed, no spread"
+        if len(setup["seeds"]) == 1
+        else f"mean ± std over {len(setup['seeds'])} seeds"
     )
 
 

@@ -273,3 +273,9 @@ def get_preset(name):
         raise ValueError(
             f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}"
         ) from None
+
+
+def preset_data(preset: str) -> str | None:
+    """Return the data set that ``preset`` uses unless ``--data`` replaces it
+    (None for an unknown preset)."""
+    return PRESETS[preset].data if preset in PRESETS else None

@@ -3,7 +3,7 @@
 import math
 from dataclasses import dataclass
 
-from .presets import DISPLAY_NAMES, OPTIMIZER_NAMES
+from .presets import DISPLAY_NAMES, OPTIMIZER_NAMES, preset_data
 from .stats import mean_std, steps_to_reach
 
 REFERENCE_OPTIMIZER = "adam"
@@ -254,7 +254,11 @@ def render_summary(record):
     config, setup = record.config, record.setup
     final_step = config["steps"]
     rows = summarize(record)
-    lines = [f"# Experiment `{config['preset']}`", ""]
+    data = record.setup.get("data", {}).get("name")
+    heading = f"# Experiment `{config['preset']}`"
+    if data not in (None, preset_data(config["preset"])):
+        heading += f" on {data}"  # --data replaced the preset's data set
+    lines = [heading, ""]
     lines += _setup_lines(record)
     lines += [
         "",
