@@ -169,3 +169,24 @@ def test_restricted_unpickler_rejects_codecs_other_than_latin1():
     )
     with pytest.raises(pickle.UnpicklingError, match="encoding 'rot13' is not allowed"):
         RestrictedUnpickler(io.BytesIO(payload)).load()
+
+
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_restricted_unpickler_reads_python3_pickles(protocol):
+    import io
+
+    array = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    batch = {"data": array, "empty": b"", "labels": [1, 2, 3]}
+    loaded = RestrictedUnpickler(
+        io.BytesIO(pickle.dumps(batch, protocol=protocol))
+    ).load()
+    np.testing.assert_array_equal(loaded["data"], array)
+    assert loaded["empty"] == b""
+
+
+def test_cifar_class_names_of_other_encodings(cifar_dir):
+    names = [f"class{i}".encode() for i in range(9)] + ["caf\xe9".encode("latin1")]
+    with open(cifar_dir / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": names, b"num_vis": 3072}, f, protocol=2)
+    data = load_dataset("cifar10", cifar_dir)
+    assert data.class_names[9] == "caf\xe9"

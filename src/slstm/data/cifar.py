@@ -65,6 +65,12 @@ def _numpy_globals() -> dict[tuple[str, str], object]:
     # Protocol 2 has no opcode for bytes, so Python 3 pickles them as a call to
     # _codecs.encode(text, "latin1").
     allowed[("_codecs", "encode")] = _latin1_encode
+    # Protocol 2 pickles an empty bytes object as a call to bytes(), and
+    # protocol 5 (Python 3.14's default) an array as numpy's _frombuffer.
+    for module in ("__builtin__", "builtins"):
+        allowed[(module, "bytes")] = bytes
+    for module in ("numpy.core.numeric", "numpy._core.numeric"):
+        allowed[(module, "_frombuffer")] = np._core.numeric._frombuffer
     return allowed
 
 
@@ -193,7 +199,17 @@ def _class_names(meta: bytes | None, source: str, fix: str) -> list[str]:
         raise DataError(
             f"{source}: 'label_names' must list {len(CIFAR10_CLASSES)} names; {fix}"
         )
-    return [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names]
+    return [_label_name(n) for n in names]
+
+
+def _label_name(name) -> str:
+    """Decode a class name: UTF-8 where it is valid, else latin-1 (never fails)."""
+    if not isinstance(name, bytes):
+        return str(name)
+    try:
+        return name.decode("utf-8")
+    except UnicodeDecodeError:
+        return name.decode("latin1")
 
 
 class _Directory:
