@@ -378,6 +378,8 @@ def test_auto_scale_follows_device():
         ({"image_size": 0}, "image_size must be a positive int or None, got 0"),
         ({"optimizers": ("adam", "sgd", "adam")}, "lists adam more than once"),
         ({"curvature_method": "nope"}, "curvature_method 'nope' is invalid"),
+        ({"lr_multipliers": (1.0,)}, "lists no factor other than 1"),
+        ({"horizon_factor": 1}, "horizon_factor must be at least 2"),
     ],
 )
 def test_invalid_config_names_value(overrides, message):

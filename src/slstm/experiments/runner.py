@@ -232,6 +232,18 @@ class ExperimentConfig:
                 "lr_multipliers must be positive numbers, got "
                 f"{list(self.lr_multipliers)}"
             )
+        if "lr-sensitivity" in self.studies and set(self.lr_multipliers) <= {1.0}:
+            raise ValueError(
+                "lr_multipliers lists no factor other than 1, so the "
+                "learning-rate sensitivity study would compare nothing; pass "
+                "factors such as 0.3,3 or leave lr-sensitivity out of --studies"
+            )
+        if "horizon" in self.studies and self.horizon_factor < 2:
+            raise ValueError(
+                f"horizon_factor must be at least 2 for the horizon study, got "
+                f"{self.horizon_factor}: its long runs are that many times the "
+                "meta-training horizon, and at 1 every run would count as stalled"
+            )
 
     def to_dict(self):
         return dataclasses.asdict(self)
