@@ -1,6 +1,7 @@
 """The ``slstm`` entry point: every listed subcommand resolves to a module."""
 
 import importlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,8 @@ import pytest
 
 import slstm
 from slstm import cli
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 @pytest.mark.parametrize("name, module_name, help_text", cli.COMMANDS)
@@ -67,3 +70,19 @@ def test_command_line_names_the_console_command():
     assert command_line([main_py, "calibrate", "a b.pt"]) == "slstm calibrate 'a b.pt'"
     # Other programs keep their path.
     assert command_line(["scripts/x.py", "--lr", "0.1"]) == "scripts/x.py --lr 0.1"
+
+
+def test_closed_stdout_ends_without_traceback():
+    # The reader closes the pipe after one line, as `slstm info | head -1` does.
+    process = subprocess.Popen(
+        [sys.executable, "-m", "slstm", "info", "--data", "digits", "--load"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": SRC},
+    )
+    process.stdout.readline()
+    process.stdout.close()
+    stderr = process.stderr.read().decode()
+    process.wait(timeout=120)
+    assert "Traceback" not in stderr
+    assert "BrokenPipeError" not in stderr

@@ -7,6 +7,7 @@ imports one when it is called, so ``slstm --help`` does not import torch.
 
 import argparse
 import importlib
+import os
 import sys
 
 # (name, module, one-line help)
@@ -65,7 +66,14 @@ def main(argv=None):
         parser.print_help()
         return 2
     module = importlib.import_module(args._module)
-    return module.run(args) or 0
+    try:
+        return module.run(args) or 0
+    except BrokenPipeError:
+        # The reader of stdout has gone (as `| head` does). Point stdout at
+        # devnull so that Python's final flush does not fail a second time.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, the status a shell reports for it
 
 
 def _version():

@@ -115,10 +115,12 @@ def draw_lr_sensitivity(record):
                 means.append(np.mean(losses))
                 stds.append(np.std(losses, ddof=1) if len(losses) > 1 else 0.0)
         color = COLORS.get(name)
+        # The loss axis may be logarithmic, so a bar must not reach below 0.
+        below = [min(std, 0.99 * mean) for mean, std in zip(means, stds, strict=True)]
         ax.errorbar(
             kept,
             means,
-            yerr=stds,
+            yerr=[below, stds],
             marker="o",
             capsize=3,
             color=color,
