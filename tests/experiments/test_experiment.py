@@ -432,6 +432,8 @@ def test_batch_size_is_checked_before_tuning(data_dir, checkpoints, tmp_path):
     )
     with pytest.raises(ValueError, match="--batch-size 100000 is larger than the"):
         run_experiment(config, progress=False)
+    # A data problem is found before the output folder is made.
+    assert not (tmp_path / "big-batch").exists()
 
 
 def test_cli_lists_curvature_methods(capsys):

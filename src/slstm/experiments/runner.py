@@ -310,15 +310,17 @@ def _run(config, preset, device, scale_reason, progress, command, log):
     study_seeds = seeds[: config.study_seeds]
     horizon_seeds = seeds[: config.horizon_seeds]
 
+    _check_no_results(config.out)
+    # Data first, so that a missing or unusable data set leaves no folder.
+    phase = time.perf_counter()
+    splits = _load_data(config, device)
+    _check_batch_size(config, splits)
     out_dir = _output_dir(config.out, preset.name, scale)
     records.write_config(_config_dict(config, scale_reason, device), out_dir)
     log(f"experiment {preset.name}: scale {scale} ({scale_reason})")
     log(f"writing to {out_dir}")
 
-    # Data and the fixed evaluation subsets.
-    phase = time.perf_counter()
-    splits = _load_data(config, device)
-    _check_batch_size(config, splits)
+    # The fixed evaluation subsets.
     eval_sets = EvalSets(
         loss_split=_fixed_subset(splits.train, config.train_eval_size),
         error_split=_fixed_subset(splits.test, config.test_eval_size or None),
@@ -554,14 +556,19 @@ def _fixed_subset(split, size):
     return torch.utils.data.Subset(split, index.tolist())
 
 
+def _check_no_results(out) -> None:
+    """Raise FileExistsError if ``out`` already holds an experiment's results."""
+    if out is not None and (Path(out) / records.RESULTS_FILE).exists():
+        raise FileExistsError(
+            f"{out} already contains an experiment (results.json); pass a new "
+            "directory with --out or remove the old one"
+        )
+
+
 def _output_dir(out, preset_name, scale):
     if out is not None:
+        _check_no_results(out)
         path = Path(out)
-        if (path / records.RESULTS_FILE).exists():
-            raise FileExistsError(
-                f"{path} already contains an experiment (results.json); pass a new "
-                "directory with --out or remove the old one"
-            )
         path.mkdir(parents=True, exist_ok=True)
         return path
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
