@@ -78,7 +78,7 @@ def check_output_dir(out, option: str = "--out") -> Path:
     """Reject an output folder that cannot be created or written, before work.
 
     Like :func:`check_output_path`, for a folder that the command fills with
-    several files. An existing regular file is refused, and the folders the
+    several files. An existing regular file is rejected, and the folders the
     check creates are removed again.
     """
     if str(out) == "":
@@ -93,7 +93,7 @@ def check_output_dir(out, option: str = "--out") -> Path:
     return out
 
 
-def _check_writable_folder(folder: Path, what: str) -> None:
+def _check_writable_folder(folder: Path, described: str) -> None:
     """Raise ValueError unless a file can be created in ``folder``."""
     missing = []  # deepest first, the order to remove them in
     parent = folder
@@ -102,7 +102,7 @@ def _check_writable_folder(folder: Path, what: str) -> None:
         parent = parent.parent
     if not parent.is_dir():
         raise ValueError(
-            f"{what} cannot be written: {str(parent)!r} is not a folder; pass a "
+            f"{described} cannot be written: {str(parent)!r} is not a folder; pass a "
             "path in a writable folder"
         )
     try:
@@ -114,7 +114,7 @@ def _check_writable_folder(folder: Path, what: str) -> None:
         os.remove(scratch)
     except OSError as error:
         raise ValueError(
-            f"{what} cannot be written: creating a file in {str(folder)!r} "
+            f"{described} cannot be written: creating a file in {str(folder)!r} "
             f"failed ({error.strerror or error}); pass a path in a writable folder"
         ) from None
     finally:

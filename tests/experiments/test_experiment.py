@@ -426,28 +426,28 @@ def test_cli_rejects_repeated_optimizer(capsys):
     assert "names adam more than once" in capsys.readouterr().err
 
 
-def test_batch_size_is_checked_before_tuning(data_dir, checkpoints, tmp_path):
-    config = tiny_config(
-        data_dir, checkpoints, tmp_path / "big-batch", batch_size=100000
-    )
-    with pytest.raises(ValueError, match="--batch-size 100000 is larger than the"):
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"batch_size": 100000}, "--batch-size 100000 is larger than the"),
+        ({"validation_size": 100000}, "--validation-size 100000 does not fit the"),
+    ],
+)
+def test_sizes_checked_before_tuning(
+    data_dir, checkpoints, tmp_path, overrides, message
+):
+    out = tmp_path / "too-large"
+    config = tiny_config(data_dir, checkpoints, out, **overrides)
+    with pytest.raises(ValueError, match=message):
         run_experiment(config, progress=False)
     # A data problem is found before the output folder is made.
-    assert not (tmp_path / "big-batch").exists()
+    assert not out.exists()
 
 
 def test_cli_lists_curvature_methods(capsys):
     with pytest.raises(SystemExit):
         main(["experiment", "fashion-mnist", "--curvature-method", "nope"])
     assert "choose from 'becker-lecun'" in capsys.readouterr().err
-
-
-def test_validation_size_error_names_the_option(data_dir, checkpoints, tmp_path):
-    config = tiny_config(
-        data_dir, checkpoints, tmp_path / "big-validation", validation_size=100000
-    )
-    with pytest.raises(ValueError, match="--validation-size 100000 does not fit the"):
-        run_experiment(config, progress=False)
 
 
 def test_cli_rejects_bad_learning_rate(capsys):

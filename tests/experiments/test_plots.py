@@ -51,7 +51,7 @@ def test_plot_command_warns_on_edited_csv(record, tmp_path, capsys):
     assert_png(tmp_path / "png" / "loss.png")
 
 
-def test_plot_command_takes_the_file_and_warns_without_csv(record, tmp_path, capsys):
+def test_plot_command_takes_results_file(record, tmp_path, capsys):
     results, curves = write_results(record, tmp_path)
     curves.unlink()
     assert main(["plot", str(results), "--out", str(tmp_path / "png")]) == 0

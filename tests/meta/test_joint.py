@@ -82,10 +82,10 @@ def test_joint_mode_keeps_the_checkpoint_curvature_method(tmp_path, capsys):
         "hutchinson"
     )
     capsys.readouterr()
-    refused = tmp_path / "refused"
+    rejected = tmp_path / "rejected"
     code = main(["train", *TINY, "--optimizer", "slstm", "--joint", "--steps", "5",
                  "--checkpoint", str(first / "optimizer.pt"), "--curvature-method",
-                 "becker-lecun", "--out", str(refused)])  # fmt: skip
+                 "becker-lecun", "--out", str(rejected)])  # fmt: skip
     assert code == 2
     assert "differs from hutchinson" in capsys.readouterr().err
-    assert not refused.exists()
+    assert not rejected.exists()

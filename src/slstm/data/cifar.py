@@ -121,7 +121,7 @@ def unpickle_batch(data: bytes, source: str, fix: str) -> dict:
         TypeError,
         AttributeError,
         IndexError,
-        MemoryError,  # a corrupt length field asks for a huge allocation
+        MemoryError,  # a corrupt length field requests a huge allocation
     ) as exc:
         raise DataError(
             f"{source}: truncated or corrupt pickle ({type(exc).__name__}: {exc}); "
@@ -203,7 +203,8 @@ def _class_names(meta: bytes | None, source: str, fix: str) -> list[str]:
 
 
 def _label_name(name) -> str:
-    """Decode a class name: UTF-8 where it is valid, else latin-1 (never fails)."""
+    """Decode a class name: UTF-8 where it is valid, else latin-1, which decodes
+    any bytes."""
     if not isinstance(name, bytes):
         return str(name)
     try:

@@ -557,7 +557,7 @@ def _fixed_subset(split, size):
 
 
 def _check_no_results(out) -> None:
-    """Raise FileExistsError if ``out`` already holds an experiment's results."""
+    """Raise FileExistsError if ``out`` already contains an experiment's results."""
     if out is not None and (Path(out) / records.RESULTS_FILE).exists():
         raise FileExistsError(
             f"{out} already contains an experiment (results.json); pass a new "
