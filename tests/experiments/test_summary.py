@@ -171,3 +171,12 @@ def test_reference_reached_at_step_zero():
     assert _format_reach(adam, 100) == "0 (reference)"
     adam.steps_to_reference = None
     assert _format_reach(adam, 100) == "–"
+
+
+def test_evaluation_steps_name_the_last_step():
+    from slstm.experiments.summary import _evaluation_steps
+
+    assert _evaluation_steps({"eval_every": 10, "steps": 100}) == "every 10 steps"
+    assert _evaluation_steps({"eval_every": 10, "steps": 2}) == (
+        "every 10 steps and at step 2"
+    )

@@ -272,7 +272,7 @@ def render_summary(record):
         f"{setup['data']['train_eval']} training images. Test error: on "
         f"{setup['data']['test_eval']} test images.",
         f"Steps to {DISPLAY_NAMES[REFERENCE_OPTIMIZER]}'s loss: first evaluated step "
-        f"(every {config['eval_every']} steps) where the seed-mean train loss is at "
+        f"({_evaluation_steps(config)}) where the seed-mean train loss is at "
         f"most tuned {DISPLAY_NAMES[REFERENCE_OPTIMIZER]}'s mean at step {final_step}; "
         "'not reached' within the run otherwise. Diverged runs (non-finite loss) "
         "are left out of the means and listed with their step.",
@@ -324,7 +324,7 @@ def _setup_lines(record):
         f"images, {data['num_classes']} classes",
         f"- network: {model['name']}({sizes}), {model['parameters']} parameters",
         f"- {config['steps']} steps, minibatch {setup['batch_size']}, evaluation "
-        f"every {config['eval_every']} steps",
+        f"{_evaluation_steps(config)}",
         f"- command: `{setup.get('command', '')}`",
     ]
 
@@ -508,3 +508,12 @@ def _ordered(names):
 def _trials(trials) -> str:
     """Return "1 trial" or "N trials"."""
     return f"{len(trials)} trial{'' if len(trials) == 1 else 's'}"
+
+
+def _evaluation_steps(config) -> str:
+    """Describe when runs were evaluated: every ``eval_every`` steps and at the
+    last step, which the training loop always scores."""
+    every, last = config["eval_every"], config["steps"]
+    if last % every == 0:
+        return f"every {every} steps"
+    return f"every {every} steps and at step {last}"
