@@ -701,3 +701,20 @@ def test_rejects_bad_lr(bad):
     config = LearnedOptimizerConfig.preset("lstm")
     with pytest.raises(ValueError, match="lr is a multiplier on the learned update"):
         LearnedOptimizer(small_cnn(), random_nets(config), config, lr=bad)
+
+
+def test_load_state_dict_rejects_other_inputs():
+    model = small_cnn()
+    slstm_config = LearnedOptimizerConfig.preset("slstm")
+    lstm_config = LearnedOptimizerConfig.preset("lstm")
+    slstm_optimizer = LearnedOptimizer(model, random_nets(slstm_config), slstm_config)
+    set_gradients(model, seed=0)
+    slstm_optimizer.step()
+    saved = copy.deepcopy(slstm_optimizer.state_dict())
+    assert saved["inputs"] == ["grad", "hessian"]
+    lstm_optimizer = LearnedOptimizer(model, random_nets(lstm_config), lstm_config)
+    with pytest.raises(ValueError, match="networks that read \\('grad', 'hessian'\\)"):
+        lstm_optimizer.load_state_dict(saved)
+    # A state dict saved before the inputs were recorded still loads.
+    del saved["inputs"]
+    lstm_optimizer.load_state_dict(saved)

@@ -357,11 +357,27 @@ class LearnedOptimizer(torch.optim.Optimizer):
         """Forget all recurrent state, so the next step starts a fresh run."""
         self.state.clear()
 
+    def state_dict(self) -> dict:
+        """Return torch's optimizer state dict plus the inputs of the networks
+        whose LSTM state it contains, which ``load_state_dict`` checks."""
+        state_dict = super().state_dict()
+        state_dict["inputs"] = list(self.config.inputs)
+        return state_dict
+
     def load_state_dict(self, state_dict: dict) -> None:
         """Load a ``state_dict()`` of an optimizer over a model of the same
         layout: the same kinds of groups and, per parameter, the same number of
         coordinates, which the saved LSTM state is shaped for.
         """
+        # State dicts saved before "inputs" was recorded pass unchecked.
+        inputs = state_dict.get("inputs")
+        if inputs is not None and tuple(inputs) != tuple(self.config.inputs):
+            raise ValueError(
+                f"the state dict contains the LSTM state of networks that read "
+                f"{tuple(inputs)}, but this optimizer's networks read "
+                f"{tuple(self.config.inputs)}; load it into an optimizer of the "
+                "same kind (lstm or slstm)"
+            )
         saved = [group.get("kind") for group in state_dict["param_groups"]]
         current = [group["kind"] for group in self.param_groups]
         if saved != current:
