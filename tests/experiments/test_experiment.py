@@ -444,6 +444,27 @@ def test_sizes_checked_before_tuning(
     assert not out.exists()
 
 
+def test_default_validation_size_shrinks_to_fit(data_dir, checkpoints, tmp_path):
+    out = tmp_path / "small-data"
+    config = tiny_config(
+        data_dir,
+        checkpoints,
+        out,
+        validation_size=None,  # the small scale's 2000 > 300 training images
+        optimizers=("adam",),
+        studies=(),
+        steps=2,
+        seeds=1,
+        tune_trials=1,
+    )
+    messages = []
+    result = run_experiment(config, progress=False, log=messages.append)
+    assert any("holding out 60 (a fifth) instead" in m for m in messages)
+    assert result.record.setup["data"]["validation"] == 60
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["validation_size"] == 60
+
+
 def test_cli_lists_curvature_methods(capsys):
     with pytest.raises(SystemExit):
         main(["experiment", "fashion-mnist", "--curvature-method", "nope"])

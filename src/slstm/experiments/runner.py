@@ -282,17 +282,39 @@ def run_experiment(config, *, progress=True, command=None, log=None):
     preset = get_preset(config.preset)
     device = resolve_device(config.device)
     scale, scale_reason = resolve_scale(config.scale, device)
+    # A default validation size may shrink to fit a small data set; a given
+    # one is an error when it does not fit.
+    shrink_validation = config.validation_size is None
     config = resolve_config(config, preset, scale)
     threads = torch.get_num_threads()
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     try:
-        return _run(config, preset, device, scale_reason, progress, command, log)
+        return _run(
+            config,
+            preset,
+            device,
+            scale_reason,
+            progress,
+            command,
+            log,
+            shrink_validation=shrink_validation,
+        )
     finally:
         torch.set_num_threads(threads)
 
 
-def _run(config, preset, device, scale_reason, progress, command, log):
+def _run(
+    config,
+    preset,
+    device,
+    scale_reason,
+    progress,
+    command,
+    log,
+    *,
+    shrink_validation=False,
+):
     """Run a resolved ``config``; see ``run_experiment``."""
     from slstm.models import build_model, count_parameters
 
@@ -313,7 +335,7 @@ def _run(config, preset, device, scale_reason, progress, command, log):
     _check_no_results(config.out)
     # Data first, so that a missing or unusable data set leaves no folder.
     phase = time.perf_counter()
-    splits = _load_data(config, device)
+    splits, config = _load_data(config, device, shrink_validation, log)
     _check_batch_size(config, splits)
     out_dir = _output_dir(config.out, preset.name, scale)
     records.write_config(_config_dict(config, scale_reason, device), out_dir)
@@ -501,23 +523,40 @@ def resolve_config(config, preset, scale):
     )
 
 
-def _load_data(config, device):
+def _load_data(config, device, shrink_validation=False, log=None):
+    """Return the data splits and ``config``, whose default validation size
+    is cut to a fifth of a training split too small for it when
+    ``shrink_validation`` is set."""
     from slstm.data import load_dataset
     from slstm.data.splits import ValidationSizeError
 
     kwargs = {}
     if config.data == "imagefolder":
         kwargs["image_size"] = config.image_size
-    try:
+
+    def load(validation):
         return load_dataset(
             config.data,
             config.data_dir,
-            validation=config.validation_size,
+            validation=validation,
             seed=SPLIT_SEED,
             device=device,
             **kwargs,
         )
+
+    try:
+        return load(config.validation_size), config
     except ValidationSizeError as error:
+        if shrink_validation and error.train_size >= 2:
+            count = max(1, error.train_size // 5)
+            if log is not None:
+                log(
+                    f"the default validation size {error.requested} does not fit "
+                    f"the {error.train_size} training images of {config.data}; "
+                    f"holding out {count} (a fifth) instead"
+                )
+            config = dataclasses.replace(config, validation_size=count)
+            return load(count), config
         raise ValueError(
             f"--validation-size {error.requested} does not fit the "
             f"{error.train_size} training images of {config.data}; pass "
