@@ -29,7 +29,10 @@ def _one_line_error(capsys, argv, command="train"):
         (["--optimizer", "adam", "--checkpoint", "x.pt"], "learned optimizers"),
         (["--optimizer", "adam", "--joint"], "--optimizer lstm or slstm"),
         (["--steps", "0"], "--steps must be positive"),
-        (["--curvature-method", "nosuch"], "'nosuch' is not a method; use one of"),
+        (
+            ["--curvature-method", "nosuch"],
+            "--curvature-method 'nosuch' is invalid; use one of",
+        ),
         (
             ["--optimizer", "adam", "--curvature-method", "hutchinson"],
             "--optimizer adam reads no diagonal Hessian",

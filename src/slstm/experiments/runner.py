@@ -282,8 +282,8 @@ def run_experiment(config, *, progress=True, command=None, log=None):
     preset = get_preset(config.preset)
     device = resolve_device(config.device)
     scale, scale_reason = resolve_scale(config.scale, device)
-    # A default validation size may shrink to fit a small data set; a given
-    # one is an error when it does not fit.
+    # A default validation size may shrink to fit a small data set, but a
+    # given one that does not fit is an error.
     shrink_validation = config.validation_size is None
     config = resolve_config(config, preset, scale)
     threads = torch.get_num_threads()

@@ -270,8 +270,7 @@ def _check_options(args) -> None:
     method = args.curvature_method
     if method is not None and method not in METHODS:
         raise ValueError(
-            f"--curvature-method {method!r} is not a method; use one of "
-            f"{', '.join(METHODS)}"
+            f"--curvature-method {method!r} is invalid; use one of {', '.join(METHODS)}"
         )
     if args.joint:
         if args.optimizer not in ("lstm", "slstm"):
@@ -299,7 +298,7 @@ def _check_options(args) -> None:
 
 def _joint_curvature_method(args) -> str:
     """Return the method a --joint run computes h with: the checkpoint's unless
-    --curvature-method names it, and an error when the two differ."""
+    --curvature-method names one. Raise ValueError when the two differ."""
     from slstm.optim import load_checkpoint
 
     trained = None
